@@ -1,0 +1,1 @@
+"""Celery side of moa-batch: the app, routing, per-process resources and the thin tasks."""

@@ -1,0 +1,57 @@
+"""The Celery app: broker and backend from settings, reliability options, queue routing.
+
+Queues: proposer calls on ``moa.propose``, chord callbacks (aggregation) on
+``moa.aggregate``, control work (dispatch, finalize) on ``moa.control``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from moa.settings import Settings, get_settings
+
+PROPOSE_QUEUE = "moa.propose"
+AGGREGATE_QUEUE = "moa.aggregate"
+CONTROL_QUEUE = "moa.control"
+
+POOLS = {
+    "proposers": (PROPOSE_QUEUE,),
+    "aggregators": (AGGREGATE_QUEUE,),
+    "control": (CONTROL_QUEUE,),
+    "all": (PROPOSE_QUEUE, AGGREGATE_QUEUE, CONTROL_QUEUE),
+}
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("moa", include=["workers.tasks"])
+    app.conf.update(
+        broker_url=settings.effective_redis_url,
+        result_backend=settings.effective_redis_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # At-least-once: a message is acknowledged after its task ran, and given back
+        # to the queue when the worker running it dies. Tasks are idempotent by key.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=24 * 3600,
+        task_default_queue=CONTROL_QUEUE,
+        task_routes={
+            "moa.propose": {"queue": PROPOSE_QUEUE},
+            "moa.advance": {"queue": AGGREGATE_QUEUE},
+            "moa.item_errored": {"queue": AGGREGATE_QUEUE},
+            "moa.dispatch": {"queue": CONTROL_QUEUE},
+        },
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+app = create_app(get_settings())

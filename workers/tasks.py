@@ -1,0 +1,262 @@
+"""Celery tasks. Thin on purpose: load by id, call the pipeline, save, return ids.
+
+Per item and layer, one chord: ``propose`` tasks as the header (one LLM call
+each), ``advance`` as the callback. ``advance`` trusts the database, not the
+chord's results: it checks the layer's quorum, then starts the next layer's
+chord or makes the final aggregator call and finishes the item.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task, chord, group
+from celery.utils.log import get_task_logger
+from sqlalchemy.orm import Session
+
+from db import repo
+from db.models import Call, Item, Job
+from moa.settings import get_settings
+from pipeline.cost import call_cost
+from pipeline.errors import ProviderError
+from pipeline.plan import CallPlan, Plan, layer_verdict
+from pipeline.prompts import Message, layer_messages
+from pipeline.retry import retry_delay
+from pipeline.specs import Config
+from workers import resources
+from workers.app import app
+
+log = get_task_logger(__name__)
+
+WAIT_FOR_LAYER_S = 1.0  # an early chord callback looks again after this
+BUSY_CALL_S = 5.0  # another live worker holds the call's lease
+
+
+# --- starting work ----------------------------------------------------------------------------
+
+
+def first_layer(plan: Plan) -> int:
+    """Items start at layer 1, or at 0 for a preset that is a single call."""
+    return 1 if plan.proposer_layers else 0
+
+
+def start_item(plan: Plan, item_id: int) -> None:
+    start_layer(plan, item_id, first_layer(plan))
+
+
+def start_layer(plan: Plan, item_id: int, layer: int) -> None:
+    if layer == 0:
+        advance.apply_async((None, item_id, 0))
+        return
+    header = group(propose.si(item_id, layer, c.slot) for c in plan.layer_calls(layer))
+    callback = advance.s(item_id, layer).on_error(item_errored.si(item_id))
+    chord(header)(callback)
+
+
+@app.task(name="moa.dispatch")
+def dispatch(job_id: int) -> int:
+    """Fill a job's window of in-flight items; finishing items refill it one by one."""
+    window = get_settings().max_in_flight_per_job
+    with resources.sessions().begin() as session:
+        job = repo.lock_job(session, job_id)
+        if job is None or job.status not in ("queued", "in_progress"):
+            return 0
+        _, plan = resources.job_plan(job.id, job.config)
+        repo.mark_job_started(session, job_id)
+        room = window - repo.count_in_flight(session, job_id)
+        item_ids = repo.claim_queued_items(session, job_id, room, first_layer(plan))
+    for item_id in item_ids:
+        start_item(plan, item_id)
+    return len(item_ids)
+
+
+# --- one LLM call -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    call_id: int
+    status: str  # "succeeded" | "failed"
+    text: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
+def perform_call(task: Task, item: Item, call: CallPlan, config: Config) -> Outcome:
+    """Make one keyed call exactly once; a retry or duplicate reuses what is recorded."""
+    model = config.model(call.agent.model)
+    spec = config.providers[model.provider]
+    params = {"temperature": call.agent.temperature, "max_tokens": call.agent.max_tokens}
+    with resources.sessions().begin() as session:
+        claim = repo.claim_call(
+            session,
+            item_id=item.id,
+            layer=call.layer,
+            slot=call.slot,
+            role=call.role,
+            provider=spec.name,
+            model=model.model,
+            params=params,
+            lease_s=spec.timeout_s * 2 + 30,
+        )
+        if not claim.owned:
+            return _recorded(session, task, claim)
+        previous = repo.layer_outputs(session, item.id, call.layer - 1) if call.layer > 1 else []
+    instruction = call.instruction or spec.aggregate_instruction
+    messages = layer_messages(_query(item), previous, instruction)
+    started = time.perf_counter()
+    try:
+        completion = resources.provider(spec).complete(
+            model.model,
+            messages,
+            temperature=call.agent.temperature,
+            max_tokens=call.agent.max_tokens,
+        )
+    except ProviderError as error:
+        return _failed(task, claim, spec.max_attempts, error, _ms_since(started))
+    cost = call_cost(
+        completion.prompt_tokens,
+        completion.completion_tokens,
+        model.input_per_1m,
+        model.output_per_1m,
+    )
+    with resources.sessions().begin() as session:
+        repo.complete_call(
+            session,
+            claim.call_id,
+            output=completion.text,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            usage_estimated=not completion.usage_reported,
+            cost=cost,
+            latency_ms=_ms_since(started),
+        )
+    return Outcome(claim.call_id, "succeeded", completion.text)
+
+
+def _recorded(session: Session, task: Task, claim: repo.Claim) -> Outcome:
+    if claim.status not in repo.TERMINAL_CALL:
+        raise task.retry(countdown=BUSY_CALL_S)
+    call = session.get(Call, claim.call_id)
+    assert call is not None
+    return Outcome(claim.call_id, call.status, call.output, call.error_code, call.error)
+
+
+def _failed(
+    task: Task, claim: repo.Claim, max_attempts: int, error: ProviderError, latency_ms: int
+) -> Outcome:
+    call_id, attempt = claim.call_id, claim.attempt
+    delay = retry_delay(error, attempt, max_attempts=max_attempts)
+    with resources.sessions().begin() as session:
+        repo.fail_call(
+            session,
+            call_id,
+            code=error.code,
+            message=error.message,
+            final=delay is None,
+            latency_ms=latency_ms,
+        )
+    if delay is not None:
+        log.info("call %s attempt %s: %s; retrying in %.1fs", call_id, attempt, error.code, delay)
+        raise task.retry(countdown=delay)
+    return Outcome(call_id, "failed", error_code=error.code, error=error.message)
+
+
+def _query(item: Item) -> list[Message]:
+    return [{"role": m["role"], "content": m["content"]} for m in item.messages]
+
+
+def _ms_since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def _load(item_id: int) -> tuple[Item, Job, Config, Plan] | None:
+    with resources.sessions().begin() as session:
+        loaded = repo.get_item_and_job(session, item_id)
+    if loaded is None:
+        return None
+    item, job = loaded
+    config, plan = resources.job_plan(job.id, job.config)
+    return item, job, config, plan
+
+
+# --- the chord's header and callback ----------------------------------------------------------
+
+
+@app.task(name="moa.propose", bind=True, max_retries=None)
+def propose(self: Task, item_id: int, layer: int, slot: int) -> int | None:
+    loaded = _load(item_id)
+    if loaded is None or loaded[0].status != "in_progress":
+        return None  # cancelled or gone: spend nothing
+    item, _, config, plan = loaded
+    return perform_call(self, item, plan.call(layer, slot), config).call_id
+
+
+@app.task(name="moa.advance", bind=True, max_retries=None)
+def advance(self: Task, _results: Any, item_id: int, layer: int) -> None:
+    """The callback of layer ``layer`` (0: the item has no proposer layers)."""
+    loaded = _load(item_id)
+    if loaded is None or loaded[0].status != "in_progress":
+        return
+    item, _, config, plan = loaded
+    if item.layer == layer:
+        if not _close_layer(self, plan, item_id, layer):
+            return
+    elif item.layer != layer + 1:
+        return  # a stale duplicate of an earlier callback
+    if layer + 1 < plan.aggregator_layer:
+        start_layer(plan, item_id, layer + 1)
+        return
+    outcome = perform_call(self, item, plan.aggregator_call(), config)
+    finish(plan, item_id, outcome.text, outcome.error_code, outcome.error)
+
+
+def _close_layer(task: Task, plan: Plan, item_id: int, layer: int) -> bool:
+    """Check the quorum and move the item on; False when the item ended here."""
+    failed_reason: str | None = None
+    with resources.sessions().begin() as session:
+        if layer >= 1:
+            calls = repo.layer_calls(session, item_id, layer)
+            statuses = {c.slot: c.status for c in calls}
+            verdict = layer_verdict(
+                statuses, len(plan.layer_calls(layer)), plan.min_ok(layer), layer
+            )
+            if verdict.action == "wait":
+                raise task.retry(countdown=WAIT_FOR_LAYER_S)
+            failed_reason = verdict.reason if verdict.action == "fail" else None
+        moved = failed_reason is None and repo.move_item_layer(session, item_id, layer, layer + 1)
+    if failed_reason is not None:
+        finish(plan, item_id, None, "quorum_not_met", failed_reason)
+    return moved
+
+
+@app.task(name="moa.item_errored")
+def item_errored(item_id: int) -> None:
+    """Errback of a chord whose task raised past its retries: the item fails, the job goes on."""
+    loaded = _load(item_id)
+    if loaded is None:
+        return
+    finish(
+        loaded[3], item_id, None, "internal_error", "a task of this item failed; see worker logs"
+    )
+
+
+def finish(
+    plan: Plan, item_id: int, output: str | None, error_code: str | None, error: str | None
+) -> None:
+    """End the item once, roll its usage into the job, start the next queued item."""
+    next_ids: list[int] = []
+    with resources.sessions().begin() as session:
+        counts = repo.finish_item(
+            session, item_id, output=output, error_code=error_code, error=error
+        )
+        if counts is None:
+            return
+        if counts.done:
+            repo.finalize_job(session, counts.job_id)
+        else:
+            next_ids = repo.claim_queued_items(session, counts.job_id, 1, first_layer(plan))
+    for next_id in next_ids:
+        start_item(plan, next_id)
