@@ -113,17 +113,18 @@ class Managed:
             return existing
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        with self.logfile.open("ab") as log:
-            process = subprocess.Popen(
-                list(argv),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(str(process.pid))
-        return process.pid
+        # posix_spawn in a new session: a daemon with no Popen object to outlive.
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(self.logfile), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        pid = os.posix_spawnp(
+            argv[0], list(argv), dict(os.environ if env is None else env),
+            file_actions=actions, setsid=True,
+        )  # fmt: skip
+        self.pidfile.write_text(str(pid))
+        return pid
 
     def stop(self, timeout_s: float = 15.0) -> bool:
         pid = self.pid()

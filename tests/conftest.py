@@ -1,0 +1,280 @@
+"""Fixtures on real parts: embedded PostgreSQL and Valkey, real Celery worker processes,
+and the loopback LLM simulator (the only double, at the HTTP seam).
+
+Set MOA_TEST_DATABASE_URL / MOA_TEST_REDIS_URL to run against servers of your own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from moa.services import Postgres, Valkey, free_port
+from moa.simulator import SimConfig, SimServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    redis_url: str
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            MOA_DATABASE_URL=self.database_url,
+            MOA_REDIS_URL=self.redis_url,
+            MOA_HOME=str(self.home),
+            **extra,
+        )
+        return env
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll a condition until it holds (returns a truthy value) or fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    home = Path(tempfile.mkdtemp(prefix="moa-test-"))
+    started: list[Postgres | Valkey] = []
+    database_url = os.environ.get("MOA_TEST_DATABASE_URL")
+    redis_url = os.environ.get("MOA_TEST_REDIS_URL")
+    if not database_url:
+        postgres = Postgres(home, free_port())
+        postgres.start()
+        started.append(postgres)
+        database_url = postgres.url
+    if not redis_url:
+        valkey = Valkey(home, free_port())
+        valkey.start()
+        started.append(valkey)
+        redis_url = valkey.url
+    from db.migrate import upgrade
+
+    upgrade(database_url)
+    found = Services(database_url, redis_url, home)
+    saved = {k: os.environ.get(k) for k in ("MOA_DATABASE_URL", "MOA_REDIS_URL", "MOA_HOME")}
+    os.environ.update(MOA_DATABASE_URL=database_url, MOA_REDIS_URL=redis_url, MOA_HOME=str(home))
+    _configure_settings()
+    yield found
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    for service in reversed(started):
+        service.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _configure_settings() -> None:
+    from moa.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    from workers.app import app
+
+    # The app may have been imported before the URLs were known.
+    app.conf.update(broker_url=settings.effective_redis_url, result_backend=settings.effective_redis_url)
+
+
+@pytest.fixture(scope="session")
+def engine(services: Services) -> Iterator[Engine]:
+    from db.engine import make_engine
+
+    engine = make_engine(services.database_url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[SimServer]:
+    with SimServer(SimConfig(seed=7)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dead_port() -> int:
+    """A loopback port nothing listens on: connection refused, at once."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def config_file(sim: SimServer, dead_port: int, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "moa.toml"
+    path.write_text(
+        TEST_CONFIG.replace("SIM_URL", sim.base_url).replace("DEAD_PORT", str(dead_port)),
+        encoding="utf-8",
+    )
+    return path
+
+
+TEST_CONFIG = """
+[providers.sim]
+base_url = "SIM_URL"
+timeout_s = 10
+
+[providers.dead]
+base_url = "http://127.0.0.1:DEAD_PORT/v1"
+timeout_s = 2
+max_attempts = 1
+
+[models.proposer]
+provider = "sim"
+model = "sim-proposer"
+input_per_1m = "1.00"
+output_per_1m = "2.00"
+
+[models.aggregator]
+provider = "sim"
+model = "sim-aggregator"
+input_per_1m = "3.00"
+output_per_1m = "6.00"
+
+[models.dead]
+provider = "dead"
+model = "dead-model"
+
+[presets.lite]
+aggregator = "aggregator"
+[[presets.lite.layers]]
+agents = [{ model = "proposer", samples = 3 }]
+[[presets.lite.layers]]
+agents = [{ model = "proposer", samples = 3 }]
+
+[presets.one]
+aggregator = "aggregator"
+
+[presets.quorum]
+aggregator = "aggregator"
+[[presets.quorum.layers]]
+agents = ["proposer", "dead", "dead"]
+min_ok = 2
+
+[presets.degraded]
+aggregator = "aggregator"
+[[presets.degraded.layers]]
+agents = ["proposer", "dead", "dead"]
+min_ok = 1
+"""
+
+
+@pytest.fixture(scope="session")
+def config(config_file: Path) -> Any:
+    from pipeline.specs import load_config
+
+    return load_config(config_file)
+
+
+class WorkerPools:
+    """The three worker pools as real `moa worker` processes."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, pool: str) -> None:
+        log = (self.services.home / f"worker-{pool}.log").open("ab")
+        env = self.services.env(MOA_PROPOSER_CONCURRENCY="8", MOA_AGGREGATOR_CONCURRENCY="4")
+        self.procs[pool] = subprocess.Popen(
+            [sys.executable, "-m", "moa.cli", "worker", "--pool", pool],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )  # fmt: skip
+        log.close()
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        from workers.app import app
+
+        def all_answer() -> bool:
+            replies = app.control.ping(timeout=0.5) or []
+            names = {name.split("-", 1)[0] for reply in replies for name in reply}
+            return names >= set(self.procs)
+
+        wait_for(all_answer, timeout_s, f"worker pools {sorted(self.procs)} to answer a ping")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def workers(services: Services) -> Iterator[WorkerPools]:
+    pools = WorkerPools(services)
+    for pool in ("proposers", "aggregators", "control"):
+        pools.start(pool)
+    try:
+        pools.wait_ready()
+        yield pools
+    finally:
+        pools.stop()
+
+
+@pytest.fixture
+def submit(engine: Engine, config: Any, workers: WorkerPools) -> Callable[..., int]:
+    """Create a job from rows (dicts) on a preset of the test config and start it."""
+    import json
+
+    from moa.jobs import create_job
+    from workers.tasks import dispatch
+
+    def _submit(rows: list[dict[str, Any]], preset: str = "lite") -> int:
+        lines = [json.dumps(row) for row in rows]
+        with Session(engine) as session:
+            job = create_job(session, config, preset, lines)
+            job_id = job.id
+            session.commit()
+        dispatch.delay(job_id)
+        return job_id
+
+    return _submit
+
+
+@pytest.fixture
+def wait_job(engine: Engine) -> Callable[..., Any]:
+    from db.models import Job
+
+    def _wait(job_id: int, timeout_s: float = 90) -> Job:
+        def finished() -> Job | None:
+            with Session(engine, expire_on_commit=False) as session:
+                job = session.get(Job, job_id)
+                done = job is not None and job.status in ("completed", "failed", "cancelled")
+                return job if done else None
+
+        return wait_for(finished, timeout_s, f"job {job_id} to finish")  # type: ignore[no-any-return]
+
+    return _wait
