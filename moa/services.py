@@ -114,9 +114,10 @@ class Managed:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         # posix_spawn in a new session: a daemon with no Popen object to outlive.
+        append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(self.logfile), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+            (os.POSIX_SPAWN_OPEN, 1, str(self.logfile), append, 0o644),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]
         pid = os.posix_spawnp(

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.specs import Config, load_config, merge_config
+from pipeline.specs import Config, check_references, load_config, merge_config
 
 PACKAGED_CONFIG = Path(__file__).with_name("moa.toml")
 
@@ -77,4 +77,5 @@ def load_moa_config(settings: Settings, extra: Path | None = None) -> Config:
     for path in (settings.config_path, extra):
         if path is not None and path.resolve() != PACKAGED_CONFIG.resolve():
             config = merge_config(config, load_config(path))
+    check_references(config)
     return config

@@ -50,6 +50,8 @@ def parse_line(line_no: int, raw: bytes | str, max_prompt_chars: int) -> InputRo
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
         raise ValueError("not valid UTF-8") from None
+    if line_no == 1:
+        text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     try:
         obj = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:

@@ -30,6 +30,7 @@ class ProviderSpec:
     stop: tuple[str, ...] = ()
     timeout_s: float = 120.0
     max_attempts: int = 4
+    stream: bool = False  # use SSE streaming (usage is read from the stream)
     local: bool = False  # served by `moa up` (the bundled llama.cpp model)
     # For base models in completion mode: few-shot text before a bare question, and an
     # aggregate instruction that suits them better than the one written for chat models.
@@ -121,28 +122,33 @@ def _jsonable(value: Any) -> Any:
 
 
 def load_config(path: Path) -> Config:
+    """One moa.toml file. It may lean on another file's names: references are
+    checked once files are merged (:func:`merge_config`, :func:`parse_config`)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    return parse_config(data)
+    return parse_config(data, check=False)
 
 
 def merge_config(base: Config, extra: Config) -> Config:
     """``extra`` (a user's --config file) adds to or overrides ``base`` by name."""
-    return Config(
+    merged = Config(
         providers={**base.providers, **extra.providers},
         models={**base.models, **extra.models},
         presets={**base.presets, **extra.presets},
     )
+    check_references(merged)
+    return merged
 
 
-def parse_config(data: Mapping[str, Any]) -> Config:
+def parse_config(data: Mapping[str, Any], *, check: bool = True) -> Config:
     providers = {n: _provider(n, v) for n, v in _table(data, "providers").items()}
     models = {n: _model(n, v) for n, v in _table(data, "models").items()}
     presets = {n: parse_preset(n, v) for n, v in _table(data, "presets").items()}
     config = Config(providers=providers, models=models, presets=presets)
-    _check_references(config)
+    if check:
+        check_references(config)
     return config
 
 
@@ -177,13 +183,22 @@ def _provider(name: str, raw: Mapping[str, Any]) -> ProviderSpec:
         kind=str(raw.get("kind", "openai")),
         api_key_env=raw.get("api_key_env"),
         mode=mode,
-        stop=tuple(raw.get("stop", ())),
+        stop=_strings(raw.get("stop", ()), f"provider {name!r}: stop"),
         timeout_s=float(raw.get("timeout_s", 120.0)),
         max_attempts=int(raw.get("max_attempts", 4)),
+        stream=bool(raw.get("stream", False)),
         local=bool(raw.get("local", False)),
         prefix=str(raw.get("prefix", "")),
         aggregate_instruction=raw.get("aggregate_instruction"),
     )
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a string or a list of strings")
+    return tuple(value)
 
 
 def _model(name: str, raw: Mapping[str, Any]) -> ModelSpec:
@@ -253,7 +268,7 @@ def _require(raw: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
 
 
-def _check_references(config: Config) -> None:
+def check_references(config: Config) -> None:
     for model in config.models.values():
         if model.provider not in config.providers:
             raise ConfigError(f"model {model.name!r}: unknown provider {model.provider!r}")

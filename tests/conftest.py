@@ -98,7 +98,9 @@ def _configure_settings() -> None:
     from workers.app import app
 
     # The app may have been imported before the URLs were known.
-    app.conf.update(broker_url=settings.effective_redis_url, result_backend=settings.effective_redis_url)
+    app.conf.update(
+        broker_url=settings.effective_redis_url, result_backend=settings.effective_redis_url
+    )
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import make_engine, make_sessionmaker
 from moa.settings import get_settings
 from pipeline.plan import Plan
-from pipeline.providers import Provider
+from pipeline.providers import Provider, make_provider
 from pipeline.specs import Config, ProviderSpec, config_from_snapshot
 
 T = TypeVar("T")
@@ -77,7 +77,7 @@ def provider(spec: ProviderSpec) -> Provider:
 
     def build() -> Provider:
         api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-        return Provider(spec, http_client(), api_key)
+        return make_provider(spec, http_client(), api_key)
 
     return _get(key, build)
 

@@ -13,7 +13,9 @@ import pytest
 from moa.services import free_port
 
 
-def moa(*args: str, env: dict[str, str], timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def moa(
+    *args: str, env: dict[str, str], timeout: float = 180, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "moa.cli", *args],
         env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
@@ -28,12 +30,15 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 def test_run_writes_results_in_input_order_and_trace_shows_each_call(
     services, workers, config_file, tmp_path
 ):
-    rows = [{"custom_id": f"id-{i}", "prompt": f"Topic {i}: explain tides", "team": "ops"} for i in range(8)]
+    rows = [
+        {"custom_id": f"id-{i}", "prompt": f"Topic {i}: explain tides", "team": "ops"}
+        for i in range(8)
+    ]
     source = write_jsonl(tmp_path / "input.jsonl", rows[::-1])  # custom ids out of order on purpose
     out = tmp_path / "results.jsonl"
 
-    ran = moa("run", str(source), "--preset", "lite", "--config", str(config_file), "--out", str(out),
-              env=services.env())  # fmt: skip
+    args = ("run", str(source), "--preset", "lite", "--config", str(config_file), "--out", str(out))
+    ran = moa(*args, env=services.env())
 
     assert ran.returncode == 0, ran.stdout + ran.stderr
     results = [json.loads(line) for line in out.read_text().splitlines()]
@@ -58,7 +63,10 @@ def test_run_writes_results_in_input_order_and_trace_shows_each_call(
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"custom_id": "a", "prompt": "ok"}\n{"custom_id": 5, "prompt": "x"}\n', "line 2: 'custom_id'"),
+        (
+            '{"custom_id": "a", "prompt": "ok"}\n{"custom_id": 5, "prompt": "x"}\n',
+            "line 2: 'custom_id'",
+        ),
         ('{"custom_id": "a", "prompt": "ok"}\n\n[1, 2]\n', "line 3: expected a JSON object"),
     ],
 )
@@ -66,7 +74,9 @@ def test_run_rejects_invalid_lines_by_number(services, config_file, tmp_path, co
     source = tmp_path / "bad.jsonl"
     source.write_text(content, encoding="utf-8")
 
-    ran = moa("run", str(source), "--preset", "lite", "--config", str(config_file), env=services.env())
+    ran = moa(
+        "run", str(source), "--preset", "lite", "--config", str(config_file), env=services.env()
+    )
 
     assert ran.returncode == 2
     assert message in " ".join(ran.stdout.split())
@@ -75,7 +85,9 @@ def test_run_rejects_invalid_lines_by_number(services, config_file, tmp_path, co
 def test_run_with_an_unknown_preset_names_the_known_ones(services, config_file, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [{"custom_id": "a", "prompt": "x"}])
 
-    ran = moa("run", str(source), "--preset", "nope", "--config", str(config_file), env=services.env())
+    ran = moa(
+        "run", str(source), "--preset", "nope", "--config", str(config_file), env=services.env()
+    )
 
     assert ran.returncode == 2
     assert "unknown preset 'nope'" in ran.stdout and "lite" in ran.stdout
@@ -89,7 +101,13 @@ def test_up_status_down_manage_the_embedded_services(tmp_path):
         up = moa("up", env=env)
         assert up.returncode == 0, up.stdout + up.stderr
         status = moa("status", env=env)
-        for part in ("postgres", "valkey", "worker-proposers", "worker-aggregators", "worker-control"):
+        for part in (
+            "postgres",
+            "valkey",
+            "worker-proposers",
+            "worker-aggregators",
+            "worker-control",
+        ):
             line = next(line for line in status.stdout.splitlines() if part in line)
             assert "running" in line, status.stdout
         assert (home / "valkey" / "appendonlydir").is_dir()  # append-only persistence is on
@@ -113,8 +131,8 @@ def test_local_demo_preset_answers_through_the_real_local_model(services, worker
     ])  # fmt: skip
     out = tmp_path / "out.jsonl"
     try:
-        ran = moa("run", str(source), "--preset", "local-demo", "--out", str(out), env=services.env(),
-                  timeout=600)  # fmt: skip
+        args = ("run", str(source), "--preset", "local-demo", "--out", str(out))
+        ran = moa(*args, env=services.env(), timeout=600)
     finally:
         Managed("local-model", services.home).stop()
 

@@ -27,11 +27,16 @@ def request_for(requests: list[dict[str, Any]], output: str) -> dict[str, Any]:
 
 
 def rows(n: int, prefix: str = "q") -> list[dict[str, Any]]:
-    return [{"custom_id": f"{prefix}{i}", "prompt": f"Question {i}: why is the sky blue?"} for i in range(n)]
+    return [
+        {"custom_id": f"{prefix}{i}", "prompt": f"Question {i}: why is the sky blue?"}
+        for i in range(n)
+    ]
 
 
 def calls_of(db: Session, item_id: int) -> list[Call]:
-    return list(db.scalars(select(Call).where(Call.item_id == item_id).order_by(Call.layer, Call.slot)))
+    return list(
+        db.scalars(select(Call).where(Call.item_id == item_id).order_by(Call.layer, Call.slot))
+    )
 
 
 def test_lite_job_records_every_call_and_aggregators_see_every_proposal(submit, wait_job, db, sim):
@@ -44,9 +49,9 @@ def test_lite_job_records_every_call_and_aggregators_see_every_proposal(submit, 
     for item in items:
         calls = calls_of(db, item.id)
         keys = [(c.layer, c.slot, c.role) for c in calls]
-        assert keys == [(1, s, "proposer") for s in range(3)] + [(2, s, "proposer") for s in range(3)] + [
-            (3, 0, "aggregator")
-        ]
+        assert keys == [(1, s, "proposer") for s in range(3)] + [
+            (2, s, "proposer") for s in range(3)
+        ] + [(3, 0, "aggregator")]
         for call in calls:
             assert call.status == "succeeded" and call.attempt == 1
             assert call.prompt_tokens > 0 and call.completion_tokens > 0
@@ -148,7 +153,9 @@ def test_layer_with_enough_proposals_goes_on_and_keeps_the_failures(submit, wait
     assert [(c.layer, c.status) for c in calls] == [
         (1, "succeeded"), (1, "failed"), (1, "failed"), (2, "succeeded")
     ]  # fmt: skip
-    system = request_for(sim_requests(sim, "sim-aggregator"), calls[-1].output)["body"]["messages"][0]
+    system = request_for(sim_requests(sim, "sim-aggregator"), calls[-1].output)["body"]["messages"][
+        0
+    ]
     assert "[1] " in system["content"] and "[2] " not in system["content"]
 
 
@@ -156,7 +163,10 @@ def test_layer_with_enough_proposals_goes_on_and_keeps_the_failures(submit, wait
     "lines, expected",
     [
         (['{"custom_id": "a", "prompt": "x"}', "{not json"], "line 2: invalid JSON"),
-        (['{"custom_id": "a", "prompt": "x"}', '{"custom_id": "a", "prompt": "y"}'], "line 2: duplicate"),
+        (
+            ['{"custom_id": "a", "prompt": "x"}', '{"custom_id": "a", "prompt": "y"}'],
+            "line 2: duplicate",
+        ),
         (['{"prompt": "x"}'], "line 1: 'custom_id' is required"),
         ([""], "the input has no items"),
     ],

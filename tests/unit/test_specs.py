@@ -158,10 +158,6 @@ def test_merge_overrides_and_adds_by_name() -> None:
     assert set(merged.presets) == {"single", "mine"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: parse_config checks a user's file alone, so it cannot use packaged models",
-)
 def test_user_config_may_build_a_preset_on_packaged_models(tmp_path: Path) -> None:
     # moa.toml promises a user's file is "merged on top of this file by name".
     user = tmp_path / "moa.toml"
