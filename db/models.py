@@ -115,6 +115,9 @@ class Call(Base):
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
     error_code: Mapped[str | None] = mapped_column(String(50))
     error: Mapped[str | None] = mapped_column(Text)
+    # One entry per provider attempt: when, how long, outcome, and the wait before the next.
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(nullable=False, server_default="[]")
+    cached: Mapped[bool] = mapped_column(nullable=False, server_default="false")
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now_column()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -122,3 +125,17 @@ class Call(Base):
     __table_args__ = (
         UniqueConstraint("item_id", "layer", "slot", name="uq_calls_item_layer_slot"),
     )
+
+
+class CachedResponse(Base):
+    """A provider's answer kept for identical deterministic requests (temperature 0)."""
+
+    __tablename__ = "response_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(100), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    output: Mapped[str] = mapped_column(Text, nullable=False)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _now_column()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from db.models import Call, Item, Job
+from db.models import CachedResponse, Call, Item, Job
 
 TERMINAL_CALL = ("succeeded", "failed")
 TERMINAL_ITEM = ("completed", "failed", "cancelled")
@@ -278,6 +279,23 @@ def claim_call(
     return Claim(call_id=existing[0], attempt=existing[1], owned=False, status=existing[2])
 
 
+def _log_attempt(entry: dict[str, Any]) -> Any:
+    """``attempts || [entry]``: the attempt log grows in the same UPDATE."""
+    return Call.attempts.op("||")(bindparam(None, [entry], type_=JSONB))
+
+
+def attempt_entry(
+    attempt: int, started: datetime, latency_ms: int, outcome: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "n": attempt,
+        "at": started.isoformat(),
+        "latency_ms": latency_ms,
+        "outcome": outcome,
+        **extra,
+    }
+
+
 def complete_call(
     session: Session,
     call_id: int,
@@ -288,6 +306,8 @@ def complete_call(
     usage_estimated: bool,
     cost: Decimal,
     latency_ms: int,
+    attempt: dict[str, Any],
+    cached: bool = False,
 ) -> None:
     session.execute(
         update(Call)
@@ -299,7 +319,9 @@ def complete_call(
             completion_tokens=completion_tokens,
             usage_estimated=usage_estimated,
             cost=cost,
+            cached=cached,
             latency_ms=latency_ms,
+            attempts=_log_attempt(attempt),
             lease_until=None,
             finished_at=func.now(),
         )
@@ -307,7 +329,14 @@ def complete_call(
 
 
 def fail_call(
-    session: Session, call_id: int, *, code: str, message: str, final: bool, latency_ms: int | None
+    session: Session,
+    call_id: int,
+    *,
+    code: str,
+    message: str,
+    final: bool,
+    latency_ms: int | None,
+    attempt: dict[str, Any],
 ) -> None:
     session.execute(
         update(Call)
@@ -317,10 +346,35 @@ def fail_call(
             error_code=code,
             error=message,
             latency_ms=latency_ms,
+            attempts=_log_attempt(attempt),
             lease_until=None,
             finished_at=func.now() if final else None,
         )
     )
+
+
+def release_call(session: Session, call_id: int) -> None:
+    """Give a claimed call back untried (a shared limit said wait): no attempt is counted."""
+    session.execute(
+        update(Call)
+        .where(Call.id == call_id, Call.status == "running")
+        .values(status="pending", attempt=Call.attempt - 1, lease_until=None)
+    )
+
+
+def cached_response(session: Session, key: str) -> CachedResponse | None:
+    return session.get(CachedResponse, key)
+
+
+def cache_response(
+    session: Session, key: str, *, provider: str, model: str, output: str, prompt_tokens: int,
+    completion_tokens: int,
+) -> None:  # fmt: skip
+    statement = pg_insert(CachedResponse).values(
+        key=key, provider=provider, model=model, output=output, prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )  # fmt: skip
+    session.execute(statement.on_conflict_do_nothing(index_elements=["key"]))
 
 
 def layer_calls(session: Session, item_id: int, layer: int) -> Sequence[Call]:

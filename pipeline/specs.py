@@ -30,7 +30,12 @@ class ProviderSpec:
     stop: tuple[str, ...] = ()
     timeout_s: float = 120.0
     max_attempts: int = 4
+    retry_base_s: float = 1.0  # first backoff; doubles each attempt, with jitter
+    retry_cap_s: float = 60.0  # no wait is longer, Retry-After included
     stream: bool = False  # use SSE streaming (usage is read from the stream)
+    cache: str = "auto"  # response cache: auto (temperature 0 only), always, never
+    breaker_threshold: int = 5  # consecutive failures that open the circuit (0: off)
+    breaker_reset_s: float = 30.0  # how long it stays open before one probe is let through
     local: bool = False  # served by `moa up` (the bundled llama.cpp model)
     # For base models in completion mode: few-shot text before a bare question, and an
     # aggregate instruction that suits them better than the one written for chat models.
@@ -46,6 +51,10 @@ class ModelSpec:
     input_per_1m: Decimal = Decimal(0)
     output_per_1m: Decimal = Decimal(0)
     context_window: int = 8192
+    # Shared by every worker through Redis; 0 means no limit.
+    max_concurrency: int = 0
+    rpm: int = 0
+    tpm: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,11 +195,24 @@ def _provider(name: str, raw: Mapping[str, Any]) -> ProviderSpec:
         stop=_strings(raw.get("stop", ()), f"provider {name!r}: stop"),
         timeout_s=float(raw.get("timeout_s", 120.0)),
         max_attempts=int(raw.get("max_attempts", 4)),
+        retry_base_s=float(raw.get("retry_base_s", 1.0)),
+        retry_cap_s=float(raw.get("retry_cap_s", 60.0)),
         stream=bool(raw.get("stream", False)),
+        cache=_choice(
+            raw.get("cache", "auto"), ("auto", "always", "never"), f"provider {name!r}: cache"
+        ),
+        breaker_threshold=int(raw.get("breaker_threshold", 5)),
+        breaker_reset_s=float(raw.get("breaker_reset_s", 30.0)),
         local=bool(raw.get("local", False)),
         prefix=str(raw.get("prefix", "")),
         aggregate_instruction=raw.get("aggregate_instruction"),
     )
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{where} must be one of {', '.join(allowed)}, not {value!r}")
+    return str(value)
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
@@ -210,6 +232,9 @@ def _model(name: str, raw: Mapping[str, Any]) -> ModelSpec:
         input_per_1m=_price(raw.get("input_per_1m", "0"), name),
         output_per_1m=_price(raw.get("output_per_1m", "0"), name),
         context_window=int(raw.get("context_window", 8192)),
+        max_concurrency=int(raw.get("max_concurrency", 0)),
+        rpm=int(raw.get("rpm", 0)),
+        tpm=int(raw.get("tpm", 0)),
     )
 
 

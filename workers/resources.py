@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import httpx
+from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +22,7 @@ from moa.settings import get_settings
 from pipeline.plan import Plan
 from pipeline.providers import Provider, make_provider
 from pipeline.specs import Config, ProviderSpec, config_from_snapshot
+from workers.gate import Gate
 
 T = TypeVar("T")
 _lock = threading.RLock()  # re-entrant: a factory may build another resource
@@ -69,6 +71,14 @@ def http_client() -> httpx.Client:
         return httpx.Client(limits=limits, timeout=httpx.Timeout(120.0, connect=10.0))
 
     return _get("http", build)
+
+
+def redis() -> Redis:
+    return _get("redis", lambda: Redis.from_url(get_settings().effective_redis_url))
+
+
+def gate() -> Gate:
+    return _get("gate", lambda: Gate(redis(), get_settings().effective_redis_url))
 
 
 def provider(spec: ProviderSpec) -> Provider:

@@ -8,8 +8,11 @@ chord or makes the final aggregator call and finishes the item.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from celery import Task, chord, group
@@ -19,14 +22,17 @@ from sqlalchemy.orm import Session
 from db import repo
 from db.models import Call, Item, Job
 from moa.settings import get_settings
+from pipeline.cache import cacheable, request_key
 from pipeline.cost import call_cost
-from pipeline.errors import ProviderError
+from pipeline.errors import ContextTooLong, ProviderError, ProviderUnavailable
 from pipeline.plan import CallPlan, Plan, layer_verdict
 from pipeline.prompts import Message, layer_messages
 from pipeline.retry import retry_delay
-from pipeline.specs import Config
+from pipeline.specs import AgentSpec, Config, ModelSpec, ProviderSpec
+from pipeline.tokens import check_fits
 from workers import resources
 from workers.app import app
+from workers.gate import Permit
 
 log = get_task_logger(__name__)
 
@@ -84,6 +90,21 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One owned call about to be tried: what to send and to whom."""
+
+    claim: repo.Claim
+    spec: ProviderSpec
+    model: ModelSpec
+    agent: AgentSpec
+    messages: list[Message]
+
+    @property
+    def call_id(self) -> int:
+        return self.claim.call_id
+
+
 def perform_call(task: Task, item: Item, call: CallPlan, config: Config) -> Outcome:
     """Make one keyed call exactly once; a retry or duplicate reuses what is recorded."""
     model = config.model(call.agent.model)
@@ -91,49 +112,100 @@ def perform_call(task: Task, item: Item, call: CallPlan, config: Config) -> Outc
     params = {"temperature": call.agent.temperature, "max_tokens": call.agent.max_tokens}
     with resources.sessions().begin() as session:
         claim = repo.claim_call(
-            session,
-            item_id=item.id,
-            layer=call.layer,
-            slot=call.slot,
-            role=call.role,
-            provider=spec.name,
-            model=model.model,
-            params=params,
-            lease_s=spec.timeout_s * 2 + 30,
-        )
+            session, item_id=item.id, layer=call.layer, slot=call.slot, role=call.role,
+            provider=spec.name, model=model.model, params=params, lease_s=spec.timeout_s * 2 + 30,
+        )  # fmt: skip
         if not claim.owned:
             return _recorded(session, task, claim)
         previous = repo.layer_outputs(session, item.id, call.layer - 1) if call.layer > 1 else []
     instruction = call.instruction or spec.aggregate_instruction
     messages = layer_messages(_query(item), previous, instruction)
-    started = time.perf_counter()
+    return _attempt(task, Attempt(claim, spec, model, call.agent, messages))
+
+
+def _attempt(task: Task, attempt: Attempt) -> Outcome:
+    started = _utcnow()
     try:
-        completion = resources.provider(spec).complete(
-            model.model,
-            messages,
-            temperature=call.agent.temperature,
-            max_tokens=call.agent.max_tokens,
-        )
+        tokens = check_fits(
+            attempt.messages, attempt.model.model, attempt.model.context_window,
+            attempt.agent.max_tokens,
+        )  # fmt: skip
+    except ContextTooLong as error:  # never sent: it could not fit
+        return _failed(task, attempt, error, started, 0)
+    key = _cache_key(attempt)
+    if key is not None:
+        hit = _from_cache(attempt, key, started)
+        if hit is not None:
+            return hit
+    open_for = resources.gate().breaker_wait(attempt.spec)
+    if open_for > 0:  # fail fast without sending; the retry waits out the open circuit
+        error = ProviderUnavailable(f"{attempt.spec.name}: circuit open", retry_after=open_for)
+        return _failed(task, attempt, error, started, 0)
+    permit = resources.gate().enter(attempt.spec, attempt.model, tokens + attempt.agent.max_tokens)
+    if isinstance(permit, float):
+        with resources.sessions().begin() as session:
+            repo.release_call(session, attempt.call_id)
+        raise task.retry(countdown=permit + random.uniform(0, 0.25))
+    return _send(task, attempt, permit, key)
+
+
+def _send(task: Task, attempt: Attempt, permit: Permit, key: str | None) -> Outcome:
+    gate, started, clock = resources.gate(), _utcnow(), time.perf_counter()
+    try:
+        completion = resources.provider(attempt.spec).complete(
+            attempt.model.model, attempt.messages, temperature=attempt.agent.temperature,
+            max_tokens=attempt.agent.max_tokens,
+        )  # fmt: skip
     except ProviderError as error:
-        return _failed(task, claim, spec.max_attempts, error, _ms_since(started))
+        gate.failed(attempt.spec, error)
+        return _failed(task, attempt, error, started, _ms_since(clock))
+    finally:
+        gate.leave(permit)
+    gate.succeeded(attempt.spec)
+    model = attempt.model
     cost = call_cost(
         completion.prompt_tokens,
         completion.completion_tokens,
         model.input_per_1m,
         model.output_per_1m,
     )
+    latency = _ms_since(clock)
     with resources.sessions().begin() as session:
         repo.complete_call(
-            session,
-            claim.call_id,
-            output=completion.text,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            usage_estimated=not completion.usage_reported,
-            cost=cost,
-            latency_ms=_ms_since(started),
-        )
-    return Outcome(claim.call_id, "succeeded", completion.text)
+            session, attempt.call_id, output=completion.text,
+            prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+            usage_estimated=not completion.usage_reported, cost=cost, latency_ms=latency,
+            attempt=repo.attempt_entry(attempt.claim.attempt, started, latency, "ok"),
+        )  # fmt: skip
+        if key is not None:
+            repo.cache_response(
+                session, key, provider=attempt.spec.name, model=model.model,
+                output=completion.text, prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+            )  # fmt: skip
+    return Outcome(attempt.call_id, "succeeded", completion.text)
+
+
+def _cache_key(attempt: Attempt) -> str | None:
+    if not cacheable(attempt.spec.cache, attempt.agent.temperature):
+        return None
+    params = {"temperature": attempt.agent.temperature, "max_tokens": attempt.agent.max_tokens}
+    return request_key(attempt.spec.name, attempt.model.model, attempt.messages, params)
+
+
+def _from_cache(attempt: Attempt, key: str, started: datetime) -> Outcome | None:
+    """A cache hit is recorded as a call of its own, with cost 0 and marked cached."""
+    with resources.sessions().begin() as session:
+        hit = repo.cached_response(session, key)
+        if hit is None:
+            return None
+        repo.complete_call(
+            session, attempt.call_id, output=hit.output, prompt_tokens=hit.prompt_tokens,
+            completion_tokens=hit.completion_tokens, usage_estimated=False, cost=Decimal(0),
+            latency_ms=0, cached=True,
+            attempt=repo.attempt_entry(attempt.claim.attempt, started, 0, "cached"),
+        )  # fmt: skip
+    return Outcome(attempt.call_id, "succeeded", hit.output)
 
 
 def _recorded(session: Session, task: Task, claim: repo.Claim) -> Outcome:
@@ -145,23 +217,37 @@ def _recorded(session: Session, task: Task, claim: repo.Claim) -> Outcome:
 
 
 def _failed(
-    task: Task, claim: repo.Claim, max_attempts: int, error: ProviderError, latency_ms: int
+    task: Task, attempt: Attempt, error: ProviderError, started: datetime, latency_ms: int
 ) -> Outcome:
-    call_id, attempt = claim.call_id, claim.attempt
-    delay = retry_delay(error, attempt, max_attempts=max_attempts)
+    """Record the attempt; retry through Celery (never a sleeping thread) or give up."""
+    number = attempt.claim.attempt
+    spec = attempt.spec
+    delay = retry_delay(
+        error,
+        number,
+        max_attempts=spec.max_attempts,
+        base_s=spec.retry_base_s,
+        cap_s=spec.retry_cap_s,
+    )
+    extra = {"error": error.message} | (
+        {"retry_in_s": round(delay, 3)} if delay is not None else {}
+    )
+    entry = repo.attempt_entry(number, started, latency_ms, error.code, **extra)
     with resources.sessions().begin() as session:
         repo.fail_call(
-            session,
-            call_id,
-            code=error.code,
-            message=error.message,
-            final=delay is None,
-            latency_ms=latency_ms,
-        )
+            session, attempt.call_id, code=error.code, message=error.message,
+            final=delay is None, latency_ms=latency_ms, attempt=entry,
+        )  # fmt: skip
     if delay is not None:
-        log.info("call %s attempt %s: %s; retrying in %.1fs", call_id, attempt, error.code, delay)
+        log.info(
+            "call %s attempt %s: %s; retry in %.1fs", attempt.call_id, number, error.code, delay
+        )
         raise task.retry(countdown=delay)
-    return Outcome(call_id, "failed", error_code=error.code, error=error.message)
+    return Outcome(attempt.call_id, "failed", error_code=error.code, error=error.message)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _query(item: Item) -> list[Message]:
