@@ -139,8 +139,8 @@ def _attempt(task: Task, attempt: Attempt) -> Outcome:
             return hit
     open_for = resources.gate().breaker_wait(attempt.spec)
     if open_for > 0:  # fail fast without sending; the retry waits out the open circuit
-        error = ProviderUnavailable(f"{attempt.spec.name}: circuit open", retry_after=open_for)
-        return _failed(task, attempt, error, started, 0)
+        circuit = ProviderUnavailable(f"{attempt.spec.name}: circuit open", retry_after=open_for)
+        return _failed(task, attempt, circuit, started, 0)
     permit = resources.gate().enter(attempt.spec, attempt.model, tokens + attempt.agent.max_tokens)
     if isinstance(permit, float):
         with resources.sessions().begin() as session:
