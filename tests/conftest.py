@@ -182,6 +182,23 @@ aggregator = "aggregator"
 agents = ["proposer", "dead", "dead"]
 min_ok = 2
 
+[models.cachey]
+provider = "sim"
+model = "sim-cache"
+input_per_1m = "1.00"
+output_per_1m = "1.00"
+
+[models.tiny]
+provider = "sim"
+model = "sim-tiny"
+context_window = 50
+
+[presets.cached]
+aggregator = { model = "cachey", temperature = 0.0 }
+
+[presets.tiny]
+aggregator = { model = "tiny", max_tokens = 40 }
+
 [presets.degraded]
 aggregator = "aggregator"
 [[presets.degraded.layers]]
@@ -204,11 +221,13 @@ class WorkerPools:
         self.services = services
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, pool: str) -> None:
-        log = (self.services.home / f"worker-{pool}.log").open("ab")
+    def start(self, pool: str, name: str | None = None, concurrency: int | None = None) -> None:
+        name = name or pool
+        log = (self.services.home / f"worker-{name}.log").open("ab")
         env = self.services.env(MOA_PROPOSER_CONCURRENCY="8", MOA_AGGREGATOR_CONCURRENCY="4")
-        self.procs[pool] = subprocess.Popen(
-            [sys.executable, "-m", "moa.cli", "worker", "--pool", pool],
+        threads = ["--concurrency", str(concurrency)] if concurrency else []
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "moa.cli", "worker", "--pool", pool, *threads],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )  # fmt: skip
         log.close()
@@ -216,10 +235,12 @@ class WorkerPools:
     def wait_ready(self, timeout_s: float = 60) -> None:
         from workers.app import app
 
-        def all_answer() -> bool:
+        pids = {str(proc.pid) for proc in self.procs.values()}
+
+        def all_answer() -> bool:  # worker names are POOL-PID@host
             replies = app.control.ping(timeout=0.5) or []
-            names = {name.split("-", 1)[0] for reply in replies for name in reply}
-            return names >= set(self.procs)
+            seen = {name.split("@")[0].rsplit("-", 1)[-1] for reply in replies for name in reply}
+            return seen >= pids
 
         wait_for(all_answer, timeout_s, f"worker pools {sorted(self.procs)} to answer a ping")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -172,3 +174,340 @@ def test_peak_in_flight_counts_concurrent_requests() -> None:
             stats = http.get("/_sim/stats").json()
         assert stats["peak_in_flight"]["slow"] >= 4
         assert stats["in_flight"]["slow"] == 0
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def _script(client: httpx.Client, model: str, faults: list[str]) -> None:
+    client.post("/_sim/script", json={"model": model, "faults": faults}).raise_for_status()
+
+
+def _events(text: str) -> list[dict[str, str]]:
+    """SSE events as dicts of their fields; every event must end with a blank line."""
+    assert text.endswith("\n\n")
+    events = []
+    for block in text[:-2].split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        events.append(fields)
+    return events
+
+
+def _stream_events(client: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, str]]:
+    resp = client.post(path, json={**body, "stream": True})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    return _events(resp.text)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "kind", "retry_after"),
+    [
+        ("429", 429, "requests", "1"),
+        ("429:2", 429, "requests", "2"),
+        ("500", 500, "server_error", None),
+        ("503", 503, "server_error", None),
+        ("503:0.5", 503, "server_error", "0.5"),
+    ],
+)
+def test_error_faults_are_seen_by_the_client(
+    client: httpx.Client, fault: str, status: int, kind: str, retry_after: str | None
+) -> None:
+    _script(client, "m", [fault])
+    resp = client.post("/v1/chat/completions", json=_chat_body("m", "q"))
+    assert resp.status_code == status
+    assert resp.headers.get("retry-after") == retry_after
+    error = resp.json()["error"]
+    assert error["type"] == kind
+    assert "simulated failure" in error["message"]
+    stats = client.get("/_sim/stats").json()
+    assert stats["faults"] == {fault.split(":")[0]: 1}
+    assert stats["failures_injected"] == 1
+    assert stats["in_flight"] == {"m": 0}
+
+
+def test_malformed_body_is_not_json(client: httpx.Client) -> None:
+    _script(client, "m", ["malformed"])
+    resp = client.post("/v1/chat/completions", json=_chat_body("m", "q"))
+    assert resp.status_code == 200
+    with pytest.raises(ValueError):
+        resp.json()
+
+
+def test_malformed_stream_has_an_event_that_is_not_json(client: httpx.Client) -> None:
+    _script(client, "m", ["malformed"])
+    events = _stream_events(client, "/v1/chat/completions", _chat_body("m", "q"))
+    bad = [e for e in events if e["data"].startswith("{not json")]
+    assert len(bad) == 1
+    assert events[-1] == {"data": "[DONE]"}
+
+
+def test_disconnect_cuts_a_plain_answer(client: httpx.Client) -> None:
+    _script(client, "m", ["disconnect"])
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        client.post("/v1/chat/completions", json=_chat_body("m", "q"))
+    assert client.get("/_sim/stats").json()["faults"] == {"disconnect": 1}
+
+
+def test_disconnect_cuts_a_stream_before_done(client: httpx.Client) -> None:
+    _script(client, "m", ["disconnect"])
+    lines: list[str] = []
+    body = {**_chat_body("m", "a question of several words"), "stream": True}
+    with (
+        pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)),
+        client.stream("POST", "/v1/chat/completions", json=body) as resp,
+    ):
+        assert resp.status_code == 200
+        lines.extend(resp.iter_lines())
+    data = [line for line in lines if line.startswith("data: ")]
+    assert len(data) >= 2  # the role chunk and some words arrived
+    assert "data: [DONE]" not in data
+
+
+def test_slow_answers_normally_after_the_wait(client: httpx.Client) -> None:
+    _script(client, "m", ["slow:150"])
+    resp = client.post("/v1/chat/completions", json=_chat_body("m", "q"))
+    assert resp.status_code == 200
+    assert resp.elapsed.total_seconds() >= 0.15
+    assert resp.json()["choices"][0]["message"]["content"].endswith("answer to: q")
+
+
+def test_hang_ends_in_a_client_timeout() -> None:
+    config = SimConfig(fail_rate=1.0, faults={"hang": 1}, hang_s=5)
+    with SimServer(config) as sim, httpx.Client(base_url=_root(sim)) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json=_chat_body("m", "q"), timeout=0.5)
+        assert http.get("/_sim/stats").json()["faults"] == {"hang": 1}
+
+
+def test_random_faults_follow_the_mix() -> None:
+    config = SimConfig(fail_rate=1.0, faults={"429": 1, "503": 1, "500": 0}, seed=3)
+    with SimServer(config) as sim, httpx.Client(base_url=_root(sim)) as http:
+        codes = [
+            http.post("/v1/chat/completions", json=_chat_body("m", "q")).status_code
+            for _ in range(20)
+        ]
+        assert set(codes) == {429, 503}
+        faults = http.get("/_sim/stats").json()["faults"]
+        assert faults == {"429": codes.count(429), "503": codes.count(503)}
+
+
+@pytest.mark.parametrize("faults", [{"teapot": 1.0}, {"500": 0.0}, {"500": -1.0}])
+def test_config_rejects_bad_fault_mixes(faults: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SimConfig(faults=faults)
+
+
+def test_scripted_faults_are_consumed_in_order(client: httpx.Client) -> None:
+    _script(client, "m", ["429", "500", "ok", "503"])
+
+    def status(model: str) -> int:
+        return client.post("/v1/chat/completions", json=_chat_body(model, "q")).status_code
+
+    assert status("other") == 200  # scripts are per model
+    assert [status("m") for _ in range(6)] == [429, 500, 200, 503, 200, 200]
+    assert client.get("/_sim/stats").json()["faults"] == {"429": 1, "500": 1, "503": 1}
+
+
+def test_empty_script_clears_and_reset_drops_scripts(client: httpx.Client) -> None:
+    _script(client, "m", ["500", "500"])
+    _script(client, "m", [])
+    assert client.post("/v1/chat/completions", json=_chat_body("m", "q")).status_code == 200
+    _script(client, "m", ["500"])
+    client.post("/_sim/reset").raise_for_status()
+    assert client.post("/v1/chat/completions", json=_chat_body("m", "q")).status_code == 200
+
+
+@pytest.mark.parametrize("faults", [["teapot"], ["500:2"], ["429:soon"], ["429:-1"], [429], "500"])
+def test_bad_scripts_are_refused(client: httpx.Client, faults: Any) -> None:
+    resp = client.post("/_sim/script", json={"model": "m", "faults": faults})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+
+
+# --- streaming --------------------------------------------------------------------------------
+
+
+def _chat_text(client: httpx.Client, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    client.post("/_sim/reset").raise_for_status()
+    data = client.post("/v1/chat/completions", json=body).json()
+    client.post("/_sim/reset").raise_for_status()  # the stream gets the same seq, so same text
+    return data["choices"][0]["message"]["content"], data["usage"]
+
+
+def test_chat_stream_reassembles_the_plain_answer(client: httpx.Client) -> None:
+    body = _chat_body("m", "What is the capital of France?", system="[1] Paris\n[2] Lyon")
+    text, usage = _chat_text(client, body)
+    body["stream_options"] = {"include_usage": True}
+    events = _stream_events(client, "/v1/chat/completions", body)
+
+    assert events[-1] == {"data": "[DONE]"}
+    chunks = [json.loads(e["data"]) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "m" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    words = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
+    assert len(words) == len(text.split())
+    assert "".join(words) == text
+    assert chunks[-2]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == usage
+
+
+def test_completion_stream_reassembles_the_plain_answer(client: httpx.Client) -> None:
+    body = {"model": "m", "prompt": "[1] a\nQuestion: Which is best?\nAnswer:"}
+    client.post("/_sim/reset").raise_for_status()
+    text = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    client.post("/_sim/reset").raise_for_status()
+    events = _stream_events(client, "/v1/completions", body)
+
+    assert events[-1] == {"data": "[DONE]"}
+    chunks = [json.loads(e["data"]) for e in events[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-2:] == [None, "stop"]
+    assert all("usage" not in c for c in chunks)  # not asked for
+
+
+@pytest.mark.parametrize("read_all", [True, False], ids=["complete", "client-leaves"])
+def test_stream_is_in_flight_until_it_ends(read_all: bool) -> None:
+    # Paced at 20 events/s, the stream lasts over half a second: long enough to look at it.
+    with SimServer(SimConfig(tokens_per_s=20)) as sim, httpx.Client(base_url=_root(sim)) as http:
+        body = {**_chat_body("m", "several words to pace out"), "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            lines = resp.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert http.get("/_sim/stats").json()["in_flight"] == {"m": 1}
+            if read_all:
+                assert "data: [DONE]" in list(lines)
+        assert _eventually(lambda: http.get("/_sim/stats").json()["in_flight"] == {"m": 0})
+
+
+def _eventually(check: Callable[[], bool], within_s: float = 5.0) -> bool:
+    """Polls over HTTP: the server may finish its bookkeeping just after the client is done."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+    return False
+
+
+# --- Anthropic Messages -----------------------------------------------------------------------
+
+
+def _messages_body(model: str, user: str, system: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": user}],
+        "max_tokens": 64,
+        "temperature": 0.5,
+    }
+    if system is not None:
+        body["system"] = system
+    return body
+
+
+def test_messages_shape(client: httpx.Client) -> None:
+    body = _messages_body("claude", "Which city?", system="[1] Paris\n[2] Lyon\n[3] Nice")
+    resp = client.post("/v1/messages", json=body)
+    assert resp.status_code == 200
+    data = resp.json()
+    text = "[sim model=claude seq=1] answer to: Which city? (saw 3 numbered answers)"
+    assert data["type"] == "message" and data["role"] == "assistant"
+    assert data["model"] == "claude" and data["id"]
+    assert data["content"] == [{"type": "text", "text": text}]
+    assert data["stop_reason"] == "end_turn"
+    assert data["usage"] == {
+        "input_tokens": len(body["system"] + "Which city?") // 4,
+        "output_tokens": len(text) // 4,
+    }
+    assert client.get("/_sim/requests").json()[0]["path"] == "/v1/messages"
+    assert client.get("/_sim/stats").json()["in_flight"] == {"claude": 0}
+
+
+def test_messages_stream_events(client: httpx.Client) -> None:
+    body = _messages_body("claude", "Which city is the capital?")
+    plain = client.post("/v1/messages", json=body).json()
+    client.post("/_sim/reset").raise_for_status()
+    events = _stream_events(client, "/v1/messages", body)
+
+    names = [e["event"] for e in events]
+    payloads = [json.loads(e["data"]) for e in events]
+    assert [p["type"] for p in payloads] == names
+    deltas = names.count("content_block_delta")
+    assert deltas > 1
+    assert [n for n in names if n != "content_block_delta"] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start, message_delta = payloads[0], payloads[-2]
+    assert start["message"]["usage"] == {
+        "input_tokens": plain["usage"]["input_tokens"],
+        "output_tokens": 1,
+    }
+    text = "".join(p["delta"]["text"] for p in payloads if p["type"] == "content_block_delta")
+    assert text == plain["content"][0]["text"]
+    assert message_delta["delta"]["stop_reason"] == "end_turn"
+    assert message_delta["usage"] == {"output_tokens": plain["usage"]["output_tokens"]}
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "kind"),
+    [
+        ("429:3", 429, "rate_limit_error"),
+        ("500", 500, "api_error"),
+        ("503", 503, "overloaded_error"),
+    ],
+)
+def test_messages_errors_have_anthropic_shape(
+    client: httpx.Client, fault: str, status: int, kind: str
+) -> None:
+    _script(client, "claude", [fault])
+    resp = client.post("/v1/messages", json=_messages_body("claude", "q"))
+    assert resp.status_code == status
+    data = resp.json()
+    assert data["type"] == "error" and data["error"]["type"] == kind
+    assert data["error"]["message"]
+    if status == 429:
+        assert resp.headers["retry-after"] == "3"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "claude", "messages": [{"role": "user", "content": "q"}]},
+        {"model": "claude", "max_tokens": 5, "messages": [{"role": "system", "content": "s"}]},
+    ],
+    ids=["no-max-tokens", "system-role"],
+)
+def test_messages_bad_request(client: httpx.Client, body: dict[str, Any]) -> None:
+    resp = client.post("/v1/messages", json=body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        (
+            "/v1/chat/completions",
+            _chat_body("reject-key-1", "q"),
+            {"Authorization": "Bearer sk-42"},
+        ),
+        ("/v1/messages", _messages_body("reject-key-2", "q"), {"x-api-key": "sk-42"}),
+    ],
+    ids=["bearer", "x-api-key"],
+)
+def test_rejected_key_is_echoed(
+    client: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> None:
+    resp = client.post(path, json=body, headers=headers)
+    assert resp.status_code == 401
+    assert "sk-42" in resp.json()["error"]["message"]
+    ok = client.post(path, json={**body, "model": "fine"}, headers=headers)
+    assert ok.status_code == 200
