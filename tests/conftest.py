@@ -26,6 +26,9 @@ from moa.services import Postgres, Valkey, free_port
 from moa.simulator import SimConfig, SimServer
 
 ROOT = Path(__file__).resolve().parent.parent
+# A recognisable provider key, given to the workers only through their environment.
+FAKE_KEY_ENV = "MOA_TEST_PROVIDER_KEY"
+FAKE_KEY = "sk-moatest-8c1f0e7d2b9a4c35b6e1d0f9a8b7c6d5"
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ timeout_s = 10
 base_url = "http://127.0.0.1:DEAD_PORT/v1"
 timeout_s = 2
 max_attempts = 1
+breaker_threshold = 0  # these tests are about quorum; the breaker has its own
 
 [models.proposer]
 provider = "sim"
@@ -224,7 +228,9 @@ class WorkerPools:
     def start(self, pool: str, name: str | None = None, concurrency: int | None = None) -> None:
         name = name or pool
         log = (self.services.home / f"worker-{name}.log").open("ab")
-        env = self.services.env(MOA_PROPOSER_CONCURRENCY="8", MOA_AGGREGATOR_CONCURRENCY="4")
+        env = self.services.env(
+            MOA_PROPOSER_CONCURRENCY="8", MOA_AGGREGATOR_CONCURRENCY="4", **{FAKE_KEY_ENV: FAKE_KEY}
+        )
         threads = ["--concurrency", str(concurrency)] if concurrency else []
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "moa.cli", "worker", "--pool", pool, *threads],

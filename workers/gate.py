@@ -56,9 +56,13 @@ class Gate:
     def enter(self, provider: ProviderSpec, model: ModelSpec, tokens: int) -> Permit | float:
         """A permit to call now, or the seconds to wait before trying again.
 
-        The circuit breaker is not checked here: an open circuit fails the attempt
-        (see :meth:`breaker_wait`), so a dead provider cannot keep calls waiting forever.
+        An open circuit is a wait, not a failed attempt: a provider that is down for an
+        hour delays a batch by an hour instead of failing it. Only the half-open probe,
+        a real request, counts against its call's attempts.
         """
+        wait = self.breaker_wait(provider)
+        if wait > 0:
+            return wait
         permit = self._slot(provider, model)
         if isinstance(permit, float):
             return permit

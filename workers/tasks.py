@@ -24,7 +24,7 @@ from db.models import Call, Item, Job
 from moa.settings import get_settings
 from pipeline.cache import cacheable, request_key
 from pipeline.cost import call_cost
-from pipeline.errors import ContextTooLong, ProviderError, ProviderUnavailable
+from pipeline.errors import ContextTooLong, ProviderError
 from pipeline.plan import CallPlan, Plan, layer_verdict
 from pipeline.prompts import Message, layer_messages
 from pipeline.retry import retry_delay
@@ -137,10 +137,6 @@ def _attempt(task: Task, attempt: Attempt) -> Outcome:
         hit = _from_cache(attempt, key, started)
         if hit is not None:
             return hit
-    open_for = resources.gate().breaker_wait(attempt.spec)
-    if open_for > 0:  # fail fast without sending; the retry waits out the open circuit
-        circuit = ProviderUnavailable(f"{attempt.spec.name}: circuit open", retry_after=open_for)
-        return _failed(task, attempt, circuit, started, 0)
     permit = resources.gate().enter(attempt.spec, attempt.model, tokens + attempt.agent.max_tokens)
     if isinstance(permit, float):
         with resources.sessions().begin() as session:
@@ -175,7 +171,9 @@ def _send(task: Task, attempt: Attempt, permit: Permit, key: str | None) -> Outc
             session, attempt.call_id, output=completion.text,
             prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
             usage_estimated=not completion.usage_reported, cost=cost, latency_ms=latency,
-            attempt=repo.attempt_entry(attempt.claim.attempt, started, latency, "ok"),
+            attempt=repo.attempt_entry(
+                attempt.claim.attempt, started, latency, "ok", worker=_hostname(task)
+            ),
         )  # fmt: skip
         if key is not None:
             repo.cache_response(
@@ -229,9 +227,9 @@ def _failed(
         base_s=spec.retry_base_s,
         cap_s=spec.retry_cap_s,
     )
-    extra = {"error": error.message} | (
-        {"retry_in_s": round(delay, 3)} if delay is not None else {}
-    )
+    extra: dict[str, Any] = {"error": error.message, "worker": _hostname(task)}
+    if delay is not None:
+        extra["retry_in_s"] = round(delay, 3)
     entry = repo.attempt_entry(number, started, latency_ms, error.code, **extra)
     with resources.sessions().begin() as session:
         repo.fail_call(
@@ -244,6 +242,10 @@ def _failed(
         )
         raise task.retry(countdown=delay)
     return Outcome(attempt.call_id, "failed", error_code=error.code, error=error.message)
+
+
+def _hostname(task: Task) -> str:
+    return str(task.request.hostname or "")
 
 
 def _utcnow() -> datetime:

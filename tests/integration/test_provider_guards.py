@@ -97,7 +97,7 @@ def test_a_models_concurrency_limit_holds_across_worker_processes(
     assert peak >= 3  # the limit was actually pressed, so the check above means something
 
 
-def test_an_open_circuit_fails_attempts_without_calling_the_provider(services, dead_port):
+def test_an_open_circuit_makes_callers_wait_then_lets_one_probe_through(services, dead_port):
     from redis import Redis
 
     from pipeline.errors import ProviderUnavailable
