@@ -44,12 +44,17 @@ class Job(Base):
     preset: Mapped[str] = mapped_column(String(100), nullable=False)
     config: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # what the key was used for
+    budget: Mapped[Decimal | None] = mapped_column(MONEY)  # stop dispatching at this spend
+    reason: Mapped[str | None] = mapped_column(String(50))  # why it stopped: budget_exceeded, ...
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", nullable=False, server_default="{}"
     )
     total: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     completed: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     failed: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    cancelled: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # Spent so far: every call adds its usage when it is recorded, so a budget sees it at once.
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     cost: Mapped[Decimal] = mapped_column(MONEY, nullable=False, server_default="0")
@@ -80,6 +85,9 @@ class Item(Base):
     output: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(50))
     error: Mapped[str | None] = mapped_column(Text)
+    error_retryable: Mapped[bool | None] = mapped_column()
+    # What happened on the way that the answer alone does not show: degraded layers, early stop.
+    notes: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default="{}")
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     cost: Mapped[Decimal] = mapped_column(MONEY, nullable=False, server_default="0")

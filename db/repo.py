@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ def create_job(
     config: dict[str, Any],
     tenant: str = "default",
     idempotency_key: str | None = None,
+    budget: Decimal | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Job:
     job = Job(
@@ -36,6 +37,7 @@ def create_job(
         preset=preset,
         config=config,
         idempotency_key=idempotency_key,
+        budget=budget,
         metadata_=metadata or {},
         status="validating",
     )
@@ -44,30 +46,40 @@ def create_job(
     return job
 
 
-def add_items(
-    session: Session, job_id: int, rows: Iterable[dict[str, Any]], batch: int = 1000
-) -> int:
-    """Insert items in batches; each row has position, custom_id, messages, metadata."""
-    count = 0
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append({"job_id": job_id, "status": "queued", **row})
-        if len(chunk) >= batch:
-            count += _insert_items(session, chunk)
-            chunk = []
-    if chunk:
-        count += _insert_items(session, chunk)
-    return count
+def job_by_key(session: Session, tenant: str, key: str) -> Job | None:
+    query = select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
+    return session.scalars(query).first()
 
 
-def _insert_items(session: Session, chunk: list[dict[str, Any]]) -> int:
-    rows = [{**r, "metadata_": r.pop("metadata", {})} for r in chunk]
-    session.execute(insert(Item), rows)
-    return len(rows)
+def insert_items(session: Session, job_id: int, rows: Sequence[dict[str, Any]]) -> set[int]:
+    """Insert one batch; returns the positions inserted. A custom_id already in the job
+    is skipped by the unique constraint, so duplicates are found without a set in memory."""
+    values = [
+        {
+            "job_id": job_id,
+            "status": "queued",
+            "position": r["position"],
+            "custom_id": r["custom_id"],
+            "messages": r["messages"],
+            "metadata_": r.get("metadata", {}),
+        }
+        for r in rows
+    ]
+    statement = (
+        pg_insert(Item)
+        .values(values)
+        .on_conflict_do_nothing(constraint="uq_items_job_custom_id")
+        .returning(Item.position)
+    )
+    return set(session.scalars(statement))
 
 
-def queue_job(session: Session, job_id: int, total: int) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(status="queued", total=total))
+def queue_job(session: Session, job_id: int, total: int, request_hash: str | None = None) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status="queued", total=total, request_hash=request_hash)
+    )
 
 
 def get_job(session: Session, job_id: int) -> Job | None:
@@ -123,15 +135,28 @@ def get_item_and_job(session: Session, item_id: int) -> tuple[Item, Job] | None:
     return (row[0], row[1]) if row else None
 
 
-def move_item_layer(session: Session, item_id: int, from_layer: int, to_layer: int) -> bool:
+def move_item_layer(
+    session: Session,
+    item_id: int,
+    from_layer: int,
+    to_layer: int,
+    notes: dict[str, Any] | None = None,
+) -> bool:
     """Compare-and-set of an item's layer: exactly one callback of a layer wins."""
+    values: dict[Any, Any] = {Item.layer: to_layer}
+    if notes:
+        values[Item.notes] = _merged(Item.notes, notes)
     result = session.execute(
         update(Item)
         .where(Item.id == item_id, Item.layer == from_layer, Item.status == "in_progress")
-        .values(layer=to_layer)
+        .values(values)
         .returning(Item.id)
     )
     return result.first() is not None
+
+
+def _merged(column: Any, patch: dict[str, Any]) -> Any:
+    return column.op("||")(bindparam(None, patch, type_=JSONB))
 
 
 @dataclass(frozen=True)
@@ -140,83 +165,207 @@ class JobCounts:
     total: int
     completed: int
     failed: int
+    cancelled: int = 0
 
     @property
     def done(self) -> bool:
-        return self.completed + self.failed >= self.total
+        return self.completed + self.failed + self.cancelled >= self.total
 
 
-def finish_item(
-    session: Session,
-    item_id: int,
-    *,
-    output: str | None = None,
-    error_code: str | None = None,
-    error: str | None = None,
-) -> JobCounts | None:
-    """End an in-progress item once and roll its usage into the job's counts.
+@dataclass(frozen=True)
+class ItemEnd:
+    output: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    retryable: bool | None = None
+    notes: dict[str, Any] | None = None
 
-    Returns the job's new counts, or None when the item was already finished
-    (a duplicate delivery), so the caller does nothing twice.
+    @property
+    def status(self) -> str:
+        return "failed" if self.error_code else "completed"
+
+
+def finish_item(session: Session, item_id: int, end: ItemEnd) -> JobCounts | None:
+    """End an in-progress item once and count it in its job.
+
+    Returns the job's new counts, or None when the item had already ended (a
+    duplicate delivery, or a cancel), so the caller does nothing twice.
     """
-    status = "failed" if error_code else "completed"
-    usage = (
+    usage = _item_usage(item_id)
+    values: dict[Any, Any] = {
+        Item.status: end.status,
+        Item.output: end.output,
+        Item.error_code: end.error_code,
+        Item.error: end.error,
+        Item.error_retryable: end.retryable,
+        Item.prompt_tokens: usage[0],
+        Item.completion_tokens: usage[1],
+        Item.cost: usage[2],
+        Item.finished_at: func.now(),
+    }
+    if end.notes:
+        values[Item.notes] = _merged(Item.notes, end.notes)
+    finished = session.execute(
+        update(Item)
+        .where(Item.id == item_id, Item.status == "in_progress")
+        .values(values)
+        .returning(Item.job_id)
+    ).first()
+    if finished is None:
+        return None
+    counter = Job.completed if end.status == "completed" else Job.failed
+    row = session.execute(
+        update(Job)
+        .where(Job.id == finished[0])
+        .values({counter: counter + 1})
+        .returning(Job.id, Job.total, Job.completed, Job.failed, Job.cancelled)
+    ).one()
+    return JobCounts(*row)
+
+
+def _item_usage(item_id: int) -> tuple[Any, Any, Any]:
+    def total(column: Any) -> Any:
+        return (
+            select(func.coalesce(func.sum(column), 0))
+            .where(Call.item_id == item_id)
+            .scalar_subquery()
+        )
+
+    return total(Call.prompt_tokens), total(Call.completion_tokens), total(Call.cost)
+
+
+def begin_finalizing(session: Session, job_id: int) -> bool:
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(("queued", "in_progress")))
+        .values(status="finalizing")
+        .returning(Job.id)
+    )
+    return result.first() is not None
+
+
+def job_calls_running(session: Session, job_id: int) -> int:
+    query = (
+        select(func.count())
+        .select_from(Call)
+        .join(Item, Item.id == Call.item_id)
+        .where(Item.job_id == job_id, Call.status == "running")
+    )
+    return int(session.scalar(query) or 0)
+
+
+def finalize_job(session: Session, job_id: int) -> str | None:
+    """Settle a finalizing or cancelling job from the rows themselves; returns its end status."""
+    job = lock_job(session, job_id)
+    if job is None or job.status not in ("finalizing", "cancelling"):
+        return None
+    counts = dict(
+        session.execute(
+            select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+        ).all()
+    )
+    spent = session.execute(
         select(
             func.coalesce(func.sum(Call.prompt_tokens), 0),
             func.coalesce(func.sum(Call.completion_tokens), 0),
             func.coalesce(func.sum(Call.cost), 0),
         )
-        .where(Call.item_id == item_id)
-        .subquery()
-    )
-    columns = list(usage.c)
-    finished = session.execute(
-        update(Item)
-        .where(Item.id == item_id, Item.status == "in_progress")
-        .values(
-            status=status,
-            output=output,
-            error_code=error_code,
-            error=error,
-            prompt_tokens=select(columns[0]).scalar_subquery(),
-            completion_tokens=select(columns[1]).scalar_subquery(),
-            cost=select(columns[2]).scalar_subquery(),
-            finished_at=func.now(),
+        .join(Item, Item.id == Call.item_id)
+        .where(Item.job_id == job_id, Call.cached.is_(False))
+    ).one()
+    job.completed, job.failed = counts.get("completed", 0), counts.get("failed", 0)
+    job.cancelled = counts.get("cancelled", 0)
+    job.prompt_tokens, job.completion_tokens, job.cost = spent
+    job.status = "completed" if job.status == "finalizing" else "cancelled"
+    job.finished_at = func.now()
+    return job.status
+
+
+def cancel_job(session: Session, job_id: int, reason: str = "cancelled_by_user") -> int | None:
+    """Stop a job: unfinished items are cancelled (tasks still queued for them become
+    no-ops), finished ones stay. Returns the items cancelled, None if the job was over."""
+    started = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id, Job.status.in_(("validating", "queued", "in_progress", "finalizing"))
         )
-        .returning(Item.job_id, Item.prompt_tokens, Item.completion_tokens, Item.cost)
+        .values(status="cancelling", reason=reason)
+        .returning(Job.id)
     ).first()
-    if finished is None:
+    if started is None:
         return None
-    return _count_item(session, tuple(finished), status)
+    result = session.execute(
+        update(Item)
+        .where(Item.job_id == job_id, Item.status.in_(("queued", "in_progress")))
+        .values(status="cancelled", finished_at=func.now())
+        .returning(Item.id)
+    )
+    return len(result.all())
 
 
-def _count_item(session: Session, finished: tuple[Any, ...], status: str) -> JobCounts:
-    job_id, prompt_tokens, completion_tokens, cost = finished
-    counter = Job.completed if status == "completed" else Job.failed
-    row = session.execute(
+def reopen_items(session: Session, job_id: int, statuses: Sequence[str]) -> int:
+    """Put a job's items with these statuses back in the queue, from the first layer.
+
+    Their succeeded calls stay and are reused; failed calls of failed items get a
+    fresh set of attempts.
+    """
+    items = select(Item.id).where(Item.job_id == job_id, Item.status.in_(statuses))
+    if "failed" in statuses:
+        failed_items = select(Item.id).where(Item.job_id == job_id, Item.status == "failed")
+        session.execute(
+            update(Call)
+            .where(Call.item_id.in_(failed_items), Call.status == "failed")
+            .values(status="pending", attempt=0, finished_at=None)
+        )
+    result = session.execute(
+        update(Item)
+        .where(Item.id.in_(items))
+        .values(
+            status="queued", layer=0, output=None, error_code=None, error=None,
+            error_retryable=None, finished_at=None,
+        )
+        .returning(Item.id)
+    )  # fmt: skip
+    reopened = len(result.all())
+    if reopened:
+        _recount(session, job_id)
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="queued", reason=None, finished_at=None)
+        )
+    return reopened
+
+
+def _recount(session: Session, job_id: int) -> None:
+    counts = dict(
+        session.execute(
+            select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+        ).all()
+    )
+    session.execute(
         update(Job)
         .where(Job.id == job_id)
         .values(
-            {
-                counter: counter + 1,
-                Job.prompt_tokens: Job.prompt_tokens + prompt_tokens,
-                Job.completion_tokens: Job.completion_tokens + completion_tokens,
-                Job.cost: Job.cost + cost,
-            }
+            completed=counts.get("completed", 0),
+            failed=counts.get("failed", 0),
+            cancelled=counts.get("cancelled", 0),
         )
-        .returning(Job.id, Job.total, Job.completed, Job.failed)
-    ).one()
-    return JobCounts(*row)
-
-
-def finalize_job(session: Session, job_id: int) -> bool:
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "in_progress", "finalizing")))
-        .values(status="completed", finished_at=func.now())
-        .returning(Job.id)
     )
-    return result.first() is not None
+
+
+def set_budget(session: Session, job_id: int, budget: Decimal | None) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(budget=budget))
+
+
+def layer_mix(session: Session, job_id: int) -> dict[int, int]:
+    """How many in-progress items are at each layer (for progress displays)."""
+    query = (
+        select(Item.layer, func.count())
+        .where(Item.job_id == job_id, Item.status == "in_progress")
+        .group_by(Item.layer)
+    )
+    return {int(layer): int(n) for layer, n in session.execute(query)}
 
 
 # --- calls ----------------------------------------------------------------------------------
@@ -328,6 +477,34 @@ def complete_call(
     )
 
 
+@dataclass(frozen=True)
+class Spend:
+    cost: Decimal
+    budget: Decimal | None
+    status: str
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.cost >= self.budget
+
+
+def add_spend(
+    session: Session, job_id: int, cost: Decimal, prompt_tokens: int, completion_tokens: int
+) -> Spend:
+    """Add a paid call to its job's running totals, so budgets and progress see it at once."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            cost=Job.cost + cost,
+            prompt_tokens=Job.prompt_tokens + prompt_tokens,
+            completion_tokens=Job.completion_tokens + completion_tokens,
+        )
+        .returning(Job.cost, Job.budget, Job.status)
+    ).one()
+    return Spend(*row)
+
+
 def fail_call(
     session: Session,
     call_id: int,
@@ -382,12 +559,17 @@ def layer_calls(session: Session, item_id: int, layer: int) -> Sequence[Call]:
     return session.scalars(query).all()
 
 
-def layer_outputs(session: Session, item_id: int, layer: int) -> list[str]:
+def layer_outputs(
+    session: Session, item_id: int, layer: int, slots: Sequence[int] | None = None
+) -> list[str]:
+    """A layer's successful outputs in slot order (only ``slots`` when given)."""
     query = (
         select(Call.output)
         .where(Call.item_id == item_id, Call.layer == layer, Call.status == "succeeded")
         .order_by(Call.slot)
     )
+    if slots is not None:
+        query = query.where(Call.slot.in_(slots))
     return [text for text in session.scalars(query) if text is not None]
 
 

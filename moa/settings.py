@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     aggregator_concurrency: int = 8
     control_concurrency: int = 4
     max_in_flight_per_job: int = 64
+    max_items: int = 1_000_000  # per job
+    max_prompt_chars: int = 100_000  # per item
     visibility_timeout_s: int = 3600
     log_level: str = "INFO"
 

@@ -96,9 +96,17 @@ def _check_message(index: int, message: Any) -> None:
 
 
 def read_rows(
-    lines: Iterable[bytes | str], *, max_prompt_chars: int = 100_000, max_items: int = 1_000_000
+    lines: Iterable[bytes | str],
+    *,
+    max_prompt_chars: int = 100_000,
+    max_items: int = 1_000_000,
+    dedupe: bool = True,
 ) -> Iterator[InputRow | LineError]:
-    """Parse lines one at a time (blank lines skipped); duplicates and limits are errors too."""
+    """Parse lines one at a time (blank lines skipped); duplicates and limits are errors too.
+
+    ``dedupe=False`` leaves duplicate custom_ids to the caller (the database's unique
+    constraint), so memory does not grow with the number of lines.
+    """
     seen: set[str] = set()
     count = 0
     for line_no, raw in enumerate(lines, start=1):
@@ -109,10 +117,11 @@ def read_rows(
         except ValueError as exc:
             yield LineError(line_no, str(exc))
             continue
-        if row.custom_id in seen:
-            yield LineError(line_no, f"duplicate custom_id {row.custom_id!r}")
-            continue
-        seen.add(row.custom_id)
+        if dedupe:
+            if row.custom_id in seen:
+                yield LineError(line_no, f"duplicate custom_id {row.custom_id!r}")
+                continue
+            seen.add(row.custom_id)
         count += 1
         if count > max_items:
             yield LineError(line_no, f"more than {max_items} items")

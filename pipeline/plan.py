@@ -1,7 +1,11 @@
-"""Layer planning: which calls an item makes, keyed by (layer, slot).
+"""Layer planning: which calls an item makes, keyed by (layer, slot), and what each sees.
 
-Layers 1..N are the preset's proposer layers; layer N+1 is the single final
-aggregator call (slot 0). A preset without proposer layers is one call.
+Layers 1..N are the preset's proposer layers, run in parallel (one chord each).
+After them come single-call aggregation layers: normally one, the final
+aggregator. With ``window = w`` (Self-MoA-Seq, Li et al. 2025, arXiv:2502.00674)
+the last proposer layer's outputs are aggregated w at a time, each step also
+seeing the synthesis carried from the step before; the last step is the answer.
+A preset without proposer layers is one call.
 """
 
 from __future__ import annotations
@@ -12,12 +16,21 @@ from pipeline.specs import AgentSpec, PresetSpec
 
 
 @dataclass(frozen=True)
+class Source:
+    """Outputs a call is shown: a layer's successful calls, all of them or some slots."""
+
+    layer: int
+    slots: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class CallPlan:
     layer: int
     slot: int
     role: str  # "proposer" | "aggregator"
     agent: AgentSpec
-    instruction: str | None  # the instruction over the previous layer's outputs
+    instruction: str | None  # the instruction over the outputs it is shown
+    sources: tuple[Source, ...] = ()  # in the order they are numbered in the prompt
 
 
 @dataclass(frozen=True)
@@ -29,24 +42,51 @@ class Plan:
         return len(self.preset.layers)
 
     @property
+    def windows(self) -> list[tuple[int, ...]]:
+        """Slots of the last proposer layer, chunked for sequential aggregation."""
+        if not self.preset.layers:
+            return [()]
+        size = len(self.preset.layers[-1].agents)
+        step = self.preset.window or size
+        return [tuple(range(i, min(i + step, size))) for i in range(0, size, step)]
+
+    @property
     def aggregator_layer(self) -> int:
-        return self.proposer_layers + 1
+        return self.proposer_layers + len(self.windows)
 
     @property
     def calls_per_item(self) -> int:
-        return sum(len(layer.agents) for layer in self.preset.layers) + 1
+        return sum(len(layer.agents) for layer in self.preset.layers) + len(self.windows)
+
+    def parallel(self, layer: int) -> bool:
+        """Proposer layers run as chords; aggregation layers are one call each."""
+        return 1 <= layer <= self.proposer_layers
 
     def layer_calls(self, layer: int) -> list[CallPlan]:
-        if layer == self.aggregator_layer:
-            return [self.aggregator_call()]
-        if not 1 <= layer <= self.proposer_layers:
-            raise ValueError(f"layer {layer} is not in 1..{self.aggregator_layer}")
-        # Agents of layer k>1 aggregate layer k-1: they get the instruction of layer k.
-        spec = self.preset.layers[layer - 1]
-        return [
-            CallPlan(layer, slot, "proposer", agent, spec.instruction)
-            for slot, agent in enumerate(spec.agents)
-        ]
+        if self.parallel(layer):
+            spec = self.preset.layers[layer - 1]
+            sources = (Source(layer - 1),) if layer > 1 else ()
+            return [
+                CallPlan(layer, slot, "proposer", agent, spec.instruction, sources)
+                for slot, agent in enumerate(spec.agents)
+            ]
+        if self.proposer_layers < layer <= self.aggregator_layer:
+            return [self._aggregation(layer)]
+        raise ValueError(f"layer {layer} is not in 1..{self.aggregator_layer}")
+
+    def _aggregation(self, layer: int) -> CallPlan:
+        step = layer - self.proposer_layers  # 1-based window step
+        sources: tuple[Source, ...] = ()
+        if self.proposer_layers:
+            window = Source(
+                self.proposer_layers, self.windows[step - 1] if self.preset.window else None
+            )
+            carried = (Source(layer - 1),) if step > 1 else ()
+            sources = (*carried, window)
+        preset = self.preset
+        return CallPlan(
+            layer, 0, "aggregator", preset.aggregator, preset.aggregator_instruction, sources
+        )
 
     def call(self, layer: int, slot: int) -> CallPlan:
         calls = self.layer_calls(layer)
@@ -55,13 +95,15 @@ class Plan:
         return calls[slot]
 
     def aggregator_call(self) -> CallPlan:
-        preset = self.preset
-        return CallPlan(
-            self.aggregator_layer, 0, "aggregator", preset.aggregator, preset.aggregator_instruction
-        )
+        return self._aggregation(self.aggregator_layer)
 
     def min_ok(self, layer: int) -> int:
-        return self.preset.layers[layer - 1].min_ok
+        return self.preset.layers[layer - 1].min_ok if self.parallel(layer) else 1
+
+    def calls_after(self, layer: int) -> int:
+        """Calls an item would still make after ``layer`` (what an early stop saves)."""
+        later = range(layer + 1, self.aggregator_layer + 1)
+        return sum(len(self.layer_calls(n)) for n in later)
 
 
 @dataclass(frozen=True)

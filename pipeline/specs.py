@@ -72,12 +72,22 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class EarlyStop:
+    """Stop an item after a proposer layer whose proposals agree (beyond the papers)."""
+
+    method: str = "exact"  # "exact": the extracted answers match; "similarity": texts alike
+    threshold: float = 0.9  # for "similarity": the lowest pairwise ratio that counts as agreement
+
+
+@dataclass(frozen=True)
 class PresetSpec:
     name: str
     aggregator: AgentSpec
     layers: tuple[LayerSpec, ...] = ()
     description: str = ""
     aggregator_instruction: str | None = None
+    window: int | None = None  # Self-MoA-Seq: aggregate the last layer this many at a time
+    early_stop: EarlyStop | None = None
 
     def model_names(self) -> set[str]:
         names = {self.aggregator.model}
@@ -252,13 +262,36 @@ def parse_preset(name: str, raw: Mapping[str, Any]) -> PresetSpec:
     if "aggregator" not in raw:
         raise ConfigError(f"preset {name!r}: an aggregator is required")
     layers = tuple(_layer(name, i, v) for i, v in enumerate(raw.get("layers", ()), start=1))
+    window = raw.get("window")
+    if window is not None and (not isinstance(window, int) or window < 1 or not layers):
+        raise ConfigError(
+            f"preset {name!r}: window must be a positive integer over a proposer layer"
+        )
     return PresetSpec(
         name=name,
         aggregator=_agent(name, raw["aggregator"]),
         layers=layers,
         description=str(raw.get("description", "")),
         aggregator_instruction=raw.get("aggregator_instruction"),
+        window=window,
+        early_stop=_early_stop(name, raw.get("early_stop")),
     )
+
+
+def _early_stop(preset: str, raw: Any) -> EarlyStop | None:
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return EarlyStop()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {preset!r}: early_stop is true or a table {{method, threshold}}")
+    method = _choice(
+        raw.get("method", "exact"), ("exact", "similarity"), f"preset {preset!r}: early_stop.method"
+    )
+    threshold = float(raw.get("threshold", 0.9))
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"preset {preset!r}: early_stop.threshold must be in (0, 1]")
+    return EarlyStop(method=method, threshold=threshold)
 
 
 def _layer(preset: str, index: int, raw: Mapping[str, Any]) -> LayerSpec:

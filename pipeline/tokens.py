@@ -7,6 +7,7 @@ cl100k, which is close enough to reject a prompt that cannot fit.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -19,14 +20,17 @@ PER_MESSAGE = 4  # role and separators of the chat format
 
 @lru_cache(maxsize=64)
 def _encoding(model: str) -> Any:
-    try:
-        import bpe_openai
-    except ImportError:  # pragma: no cover - counted by estimate without it
-        return None
-    try:
-        return bpe_openai.encoding_for_model(model)
-    except Exception:  # an unknown model: estimate with a common encoding
-        return bpe_openai.get_encoding("cl100k_base")
+    # bpe-openai 0.1.4 loads its tables through a deprecated importlib.resources call.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import bpe_openai
+        except ImportError:  # pragma: no cover - counted by estimate without it
+            return None
+        try:
+            return bpe_openai.encoding_for_model(model)
+        except Exception:  # an unknown model: estimate with a common encoding
+            return bpe_openai.get_encoding("cl100k_base")
 
 
 def count_tokens(text: str, model: str = "") -> int:

@@ -278,14 +278,13 @@ def submit(engine: Engine, config: Any, workers: WorkerPools) -> Callable[..., i
     """Create a job from rows (dicts) on a preset of the test config and start it."""
     import json
 
-    from moa.jobs import create_job
+    from moa.jobs import JobOptions, create_job
     from workers.tasks import dispatch
 
-    def _submit(rows: list[dict[str, Any]], preset: str = "lite") -> int:
+    def _submit(rows: list[dict[str, Any]], preset: str = "lite", **options: Any) -> int:
         lines = [json.dumps(row) for row in rows]
         with Session(engine) as session:
-            job = create_job(session, config, preset, lines)
-            job_id = job.id
+            job_id = create_job(session, config, preset, lines, JobOptions(**options)).job.id
             session.commit()
         dispatch.delay(job_id)
         return job_id

@@ -45,6 +45,7 @@ def create_app(settings: Settings) -> Celery:
             "moa.advance": {"queue": AGGREGATE_QUEUE},
             "moa.item_errored": {"queue": AGGREGATE_QUEUE},
             "moa.dispatch": {"queue": CONTROL_QUEUE},
+            "moa.finalize": {"queue": CONTROL_QUEUE},
         },
         worker_send_task_events=True,
         task_send_sent_event=True,

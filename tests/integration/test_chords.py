@@ -93,7 +93,7 @@ def test_a_repeated_header_task_returns_the_recorded_call_without_calling_again(
     from workers.tasks import propose
 
     with Session(engine) as session:  # an item in progress at layer 1, no chord started
-        job = create_job(session, config, "lite", [json.dumps(rows(1, "r")[0])])
+        job = create_job(session, config, "lite", [json.dumps(rows(1, "r")[0])]).job
         (item_id,) = repo.claim_queued_items(session, job.id, 1, 1)
         session.commit()
     before = sim_count(sim)

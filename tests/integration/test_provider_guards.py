@@ -87,7 +87,7 @@ def test_a_models_concurrency_limit_holds_across_worker_processes(
     workers.wait_ready()
     lines = [json.dumps({"custom_id": f"c{i}", "prompt": f"limit {i}"}) for i in range(15)]
     with Session(engine) as session:
-        job_id = create_job(session, limited_config(tmp_path, slow_sim), "limited", lines).id
+        job_id = create_job(session, limited_config(tmp_path, slow_sim), "limited", lines).job.id
         session.commit()
     dispatch.delay(job_id)
 

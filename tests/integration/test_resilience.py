@@ -34,7 +34,7 @@ def submit_with(engine, config: Any, preset: str, rows: list[dict[str, Any]]) ->
     from workers.tasks import dispatch
 
     with Session(engine) as session:
-        job_id = create_job(session, config, preset, [json.dumps(r) for r in rows]).id
+        job_id = create_job(session, config, preset, [json.dumps(r) for r in rows]).job.id
         session.commit()
     dispatch.delay(job_id)
     return job_id

@@ -1,0 +1,20 @@
+"""The `moa` command line. Thin: it parses arguments and delegates."""
+
+from __future__ import annotations
+
+import typer
+
+from moa.cli import jobs, run, services
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Mixture-of-Agents batch pipeline on Celery, Valkey and PostgreSQL.",
+)
+services.register(app)
+run.register(app)
+jobs.register(app)
+
+
+def main() -> None:
+    app()
