@@ -25,8 +25,10 @@ Faults (``SimConfig.faults`` weighs the kinds drawn when a request fails at ``fa
 A script entry may carry a number after a colon: ``429:2`` and ``503:2`` send
 ``Retry-After: 2``, ``slow:250`` waits 250 ms, ``hang:5`` hangs for at most 5 s.
 
-Models named ``reject-key...`` answer 401 with the API key they were sent in the error message,
-as some real providers do, so tests can prove that the client scrubs keys from its errors.
+Models named ``same-...`` give the same answer to the same question every time (no sequence
+number), so proposals can agree. Models named ``reject-key...`` answer 401 with the API key
+they were sent in the error message, as some real providers do, so tests can prove that the
+client scrubs keys from its errors.
 """
 
 from __future__ import annotations
@@ -257,7 +259,9 @@ def _offered_key(request: Request) -> str | None:
 
 
 def _reply(model: str, seq: int, prompt: _Prompt) -> _Reply:
-    text = f"[sim model={model} seq={seq}] answer to: {_clip(prompt.question)}"
+    # "same-" models answer a question the same way every time: agreeing proposers.
+    tag = f"[sim model={model}]" if model.startswith("same-") else f"[sim model={model} seq={seq}]"
+    text = f"{tag} answer to: {_clip(prompt.question)}"
     if prompt.answers_seen:
         text += f" (saw {prompt.answers_seen} numbered answers)"
     return _Reply(model, seq, text, max(1, prompt.chars // 4), max(1, len(text) // 4))

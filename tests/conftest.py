@@ -250,6 +250,15 @@ class WorkerPools:
 
         wait_for(all_answer, timeout_s, f"worker pools {sorted(self.procs)} to answer a ping")
 
+    def kill(self, pool: str) -> int:
+        """SIGKILL every process of a pool, as a crash would; returns how many."""
+        victims = [n for n in self.procs if n == pool or n.startswith(f"{pool}-")]
+        for name in victims:
+            proc = self.procs.pop(name)
+            proc.kill()
+            proc.wait()
+        return len(victims)
+
     def stop(self) -> None:
         for proc in self.procs.values():
             proc.send_signal(signal.SIGTERM)

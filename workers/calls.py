@@ -71,7 +71,7 @@ def perform_call(task: Task, item: Item, call: CallPlan, config: Config) -> Outc
     with resources.sessions().begin() as session:
         claim = repo.claim_call(
             session, item_id=item.id, layer=call.layer, slot=call.slot, role=call.role,
-            provider=spec.name, model=model.model, params=params, lease_s=spec.timeout_s * 2 + 30,
+            provider=spec.name, model=model.model, params=params, lease_s=spec.timeout_s * 2 + 5,
         )  # fmt: skip
         if not claim.owned:
             return _recorded(session, task, claim)

@@ -144,3 +144,63 @@ def test_local_demo_preset_answers_through_the_real_local_model(services, worker
         # The base model is stopped at the end of its answer, not left to ramble on.
         assert answer and len(answer) < 400 and "Question:" not in answer
     assert "gemma-3-270m" in ran.stdout
+
+
+def test_estimate_prints_tokens_and_cost_and_spends_nothing(
+    services, config_file, tmp_path, engine
+):
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from db.models import Job
+
+    source = write_jsonl(
+        tmp_path / "e.jsonl", [{"custom_id": f"e{i}", "prompt": "Why?"} for i in range(10)]
+    )
+    with Session(engine) as session:
+        before = session.scalar(select(func.count()).select_from(Job))
+
+    ran = moa("run", str(source), "--preset", "lite", "--config", str(config_file), "--estimate",
+              env=services.env())  # fmt: skip
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "Estimate for 10 items on 'lite'" in ran.stdout
+    total = next(line for line in ran.stdout.splitlines() if "total" in line)
+    assert " 35840 " in total  # 10 items x 7 calls x max_tokens 512: the upper bound
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == before
+
+
+def test_export_writes_markdown_and_csv_reports(services, workers, config_file, tmp_path):
+    import csv
+
+    source = write_jsonl(
+        tmp_path / "x.jsonl", [{"custom_id": f"x{i}", "prompt": f"Export {i}"} for i in range(3)]
+    )
+    ran = moa(
+        "run", str(source), "--preset", "lite", "--config", str(config_file), env=services.env()
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    job_id = ran.stdout.split("job ", 1)[1].split(":", 1)[0]
+
+    md = moa("jobs", "export", job_id, "--format", "md", env=services.env())
+    out = tmp_path / "r.csv"
+    as_csv = moa("jobs", "export", job_id, "--format", "csv", "--out", str(out), env=services.env())
+
+    assert md.returncode == 0 and f"# Job {job_id}" in md.stdout
+    assert "Cost and tokens by layer and model" in md.stdout and "### x2" in md.stdout
+    assert as_csv.returncode == 0
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["custom_id"] for r in rows] == ["x0", "x1", "x2"]
+    assert all(r["status"] == "completed" for r in rows)
+    cancel = moa("jobs", "cancel", job_id, env=services.env())
+    assert cancel.returncode == 2 and "nothing to cancel" in cancel.stdout
+
+
+def test_presets_lists_the_papers_presets(services):
+    ran = moa("presets", env=services.env())
+    assert ran.returncode == 0
+    for name in ("single", "moa-lite", "moa", "moa-strong-aggregator", "self-moa", "self-moa-seq"):
+        assert f"│ {name} " in ran.stdout
+    assert "arXiv:2406.04692" in ran.stdout and "arXiv:2502.00674" in ran.stdout
