@@ -7,8 +7,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    # pre_ping turns a server restart into a reconnect instead of an error on first use
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per checkout on the hot path. A connection that a
+    # server restart broke raises once, SQLAlchemy drops the whole pool, and the task retries.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy import Row, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -133,6 +133,38 @@ def get_item_and_job(session: Session, item_id: int) -> tuple[Item, Job] | None:
         select(Item, Job).join(Job, Job.id == Item.job_id).where(Item.id == item_id)
     ).first()
     return (row[0], row[1]) if row else None
+
+
+# The per-call path runs these statements thousands of times a second: they are built once,
+# on the tables (Core, no ORM bookkeeping), with bind parameters, so SQLAlchemy compiles and
+# caches each of them once per process.
+_items, _jobs, _calls = (cast(Table, m.__table__) for m in (Item, Job, Call))
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """What a task needs of an item: no ORM object, no job config (plans are cached)."""
+
+    id: int
+    job_id: int
+    status: str
+    layer: int
+    messages: list[dict[str, Any]]
+
+
+_LOAD_ITEM = select(
+    _items.c.id, _items.c.job_id, _items.c.status, _items.c.layer, _items.c.messages
+).where(_items.c.id == bindparam("item_id"))
+_JOB_CONFIG = select(_jobs.c.config).where(_jobs.c.id == bindparam("job_id"))
+
+
+def load_item(session: Session, item_id: int) -> ItemRow | None:
+    row = session.execute(_LOAD_ITEM, {"item_id": item_id}).first()
+    return ItemRow(*row) if row else None
+
+
+def job_config(session: Session, job_id: int) -> dict[str, Any]:
+    return dict(session.execute(_JOB_CONFIG, {"job_id": job_id}).scalar_one())
 
 
 def move_item_layer(
@@ -379,6 +411,42 @@ class Claim:
     status: str
 
 
+_LEASE = func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease_s"))
+_CLAIM = (
+    pg_insert(_calls)
+    .values(
+        item_id=bindparam("item_id"),
+        layer=bindparam("layer"),
+        slot=bindparam("slot"),
+        role=bindparam("role"),
+        provider=bindparam("provider"),
+        model=bindparam("model"),
+        params=bindparam("params", type_=JSONB),
+        status="running",
+        attempt=1,
+        lease_until=_LEASE,
+    )
+    .on_conflict_do_update(
+        constraint="uq_calls_item_layer_slot",
+        set_={
+            "status": "running",
+            "attempt": _calls.c.attempt + 1,
+            "lease_until": _LEASE,
+            "error": None,
+            "error_code": None,
+        },
+        where=_calls.c.status.in_(("retrying", "pending"))
+        | ((_calls.c.status == "running") & (_calls.c.lease_until < func.now())),
+    )
+    .returning(_calls.c.id, _calls.c.attempt)
+)
+_CALL_BY_KEY = select(_calls.c.id, _calls.c.attempt, _calls.c.status).where(
+    _calls.c.item_id == bindparam("item_id"),
+    _calls.c.layer == bindparam("layer"),
+    _calls.c.slot == bindparam("slot"),
+)
+
+
 def claim_call(
     session: Session,
     *,
@@ -392,45 +460,47 @@ def claim_call(
     lease_s: float,
 ) -> Claim:
     """Take the (item, layer, slot) key unless it succeeded or a live lease holds it."""
-    lease = func.now() + timedelta(seconds=lease_s)
-    values = pg_insert(Call).values(
-        item_id=item_id,
-        layer=layer,
-        slot=slot,
-        role=role,
-        provider=provider,
-        model=model,
-        params=params,
-        status="running",
-        attempt=1,
-        lease_until=lease,
-    )
-    statement = values.on_conflict_do_update(
-        constraint="uq_calls_item_layer_slot",
-        set_={
-            "status": "running",
-            "attempt": Call.attempt + 1,
-            "lease_until": lease,
-            "error": None,
-            "error_code": None,
-        },
-        where=(Call.status.in_(("retrying", "pending")))
-        | ((Call.status == "running") & (Call.lease_until < func.now())),
-    ).returning(Call.id, Call.attempt)
-    row = session.execute(statement).first()
+    key = {"item_id": item_id, "layer": layer, "slot": slot}
+    values = {**key, "role": role, "provider": provider, "model": model, "params": params,
+              "lease_s": lease_s}  # fmt: skip
+    row = session.execute(_CLAIM, values).first()
     if row is not None:
         return Claim(call_id=row[0], attempt=row[1], owned=True, status="running")
-    existing = session.execute(
-        select(Call.id, Call.attempt, Call.status).where(
-            Call.item_id == item_id, Call.layer == layer, Call.slot == slot
-        )
-    ).one()
+    existing = session.execute(_CALL_BY_KEY, key).one()
     return Claim(call_id=existing[0], attempt=existing[1], owned=False, status=existing[2])
 
 
-def _log_attempt(entry: dict[str, Any]) -> Any:
-    """``attempts || [entry]``: the attempt log grows in the same UPDATE."""
-    return Call.attempts.op("||")(bindparam(None, [entry], type_=JSONB))
+_ATTEMPTS_PLUS = _calls.c.attempts.op("||")(bindparam("entry", type_=JSONB))
+_COMPLETE = (
+    update(_calls)
+    .where(_calls.c.id == bindparam("call_id"))
+    .values(
+        status="succeeded",
+        output=bindparam("output"),
+        prompt_tokens=bindparam("prompt_tokens"),
+        completion_tokens=bindparam("completion_tokens"),
+        usage_estimated=bindparam("usage_estimated"),
+        cost=bindparam("cost"),
+        cached=bindparam("cached"),
+        latency_ms=bindparam("latency_ms"),
+        attempts=_ATTEMPTS_PLUS,
+        lease_until=None,
+        finished_at=func.now(),
+    )
+)
+_FAIL = (
+    update(_calls)
+    .where(_calls.c.id == bindparam("call_id"))
+    .values(
+        status=bindparam("status"),
+        error_code=bindparam("code"),
+        error=bindparam("message"),
+        latency_ms=bindparam("latency_ms"),
+        attempts=_ATTEMPTS_PLUS,
+        lease_until=None,
+        finished_at=bindparam("finished_at"),
+    )
+)
 
 
 def attempt_entry(
@@ -459,22 +529,13 @@ def complete_call(
     cached: bool = False,
 ) -> None:
     session.execute(
-        update(Call)
-        .where(Call.id == call_id)
-        .values(
-            status="succeeded",
-            output=output,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            usage_estimated=usage_estimated,
-            cost=cost,
-            cached=cached,
-            latency_ms=latency_ms,
-            attempts=_log_attempt(attempt),
-            lease_until=None,
-            finished_at=func.now(),
-        )
-    )
+        _COMPLETE,
+        {
+            "call_id": call_id, "output": output, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "usage_estimated": usage_estimated,
+            "cost": cost, "cached": cached, "latency_ms": latency_ms, "entry": [attempt],
+        },
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -488,21 +549,25 @@ class Spend:
         return self.budget is not None and self.cost >= self.budget
 
 
+_ADD_SPEND = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("job_id"))
+    .values(
+        cost=_jobs.c.cost + bindparam("cost"),
+        prompt_tokens=_jobs.c.prompt_tokens + bindparam("prompt_tokens"),
+        completion_tokens=_jobs.c.completion_tokens + bindparam("completion_tokens"),
+    )
+    .returning(_jobs.c.cost, _jobs.c.budget, _jobs.c.status)
+)
+
+
 def add_spend(
     session: Session, job_id: int, cost: Decimal, prompt_tokens: int, completion_tokens: int
 ) -> Spend:
     """Add a paid call to its job's running totals, so budgets and progress see it at once."""
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(
-            cost=Job.cost + cost,
-            prompt_tokens=Job.prompt_tokens + prompt_tokens,
-            completion_tokens=Job.completion_tokens + completion_tokens,
-        )
-        .returning(Job.cost, Job.budget, Job.status)
-    ).one()
-    return Spend(*row)
+    values = {"job_id": job_id, "cost": cost, "prompt_tokens": prompt_tokens,
+              "completion_tokens": completion_tokens}  # fmt: skip
+    return Spend(*session.execute(_ADD_SPEND, values).one())
 
 
 def fail_call(
@@ -516,18 +581,13 @@ def fail_call(
     attempt: dict[str, Any],
 ) -> None:
     session.execute(
-        update(Call)
-        .where(Call.id == call_id)
-        .values(
-            status="failed" if final else "retrying",
-            error_code=code,
-            error=message,
-            latency_ms=latency_ms,
-            attempts=_log_attempt(attempt),
-            lease_until=None,
-            finished_at=func.now() if final else None,
-        )
-    )
+        _FAIL,
+        {
+            "call_id": call_id, "status": "failed" if final else "retrying", "code": code,
+            "message": message, "latency_ms": latency_ms, "entry": [attempt],
+            "finished_at": datetime.now(UTC) if final else None,
+        },
+    )  # fmt: skip
 
 
 def release_call(session: Session, call_id: int) -> None:
@@ -559,18 +619,24 @@ def layer_calls(session: Session, item_id: int, layer: int) -> Sequence[Call]:
     return session.scalars(query).all()
 
 
+_OUTPUTS = (
+    select(_calls.c.slot, _calls.c.output)
+    .where(
+        _calls.c.item_id == bindparam("item_id"),
+        _calls.c.layer == bindparam("layer"),
+        _calls.c.status == "succeeded",
+    )
+    .order_by(_calls.c.slot)
+)
+
+
 def layer_outputs(
     session: Session, item_id: int, layer: int, slots: Sequence[int] | None = None
 ) -> list[str]:
     """A layer's successful outputs in slot order (only ``slots`` when given)."""
-    query = (
-        select(Call.output)
-        .where(Call.item_id == item_id, Call.layer == layer, Call.status == "succeeded")
-        .order_by(Call.slot)
-    )
-    if slots is not None:
-        query = query.where(Call.slot.in_(slots))
-    return [text for text in session.scalars(query) if text is not None]
+    rows = session.execute(_OUTPUTS, {"item_id": item_id, "layer": layer})
+    wanted = None if slots is None else set(slots)
+    return [text for slot, text in rows if text is not None and (wanted is None or slot in wanted)]
 
 
 # --- reading results ------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 100_000  # per item
     visibility_timeout_s: int = 3600
     log_level: str = "INFO"
+    # Task events feed Flower; each task then also publishes a few small messages.
+    task_events: bool = True
+    # A log line per task received and done: noise at thousands a second, and CPU.
+    log_each_task: bool = False
 
     @property
     def embedded_database(self) -> bool:

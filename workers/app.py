@@ -6,7 +6,10 @@ Queues: proposer calls on ``moa.propose``, chord callbacks (aggregation) on
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from celery.signals import after_setup_logger
 
 from moa.settings import Settings, get_settings
 
@@ -47,12 +50,26 @@ def create_app(settings: Settings) -> Celery:
             "moa.dispatch": {"queue": CONTROL_QUEUE},
             "moa.finalize": {"queue": CONTROL_QUEUE},
         },
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=settings.task_events,
+        # Flower learns of a task when a worker receives it; a "sent" event per publish
+        # would double the event traffic for little.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app
 
 
+def quiet_task_logs(settings: Settings) -> None:
+    """Per-task lines ("received", "succeeded", each HTTP request) only when asked for."""
+    if not settings.log_each_task:
+        for name in ("celery.app.trace", "celery.worker.strategy", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 app = create_app(get_settings())
+
+
+@after_setup_logger.connect
+def _quiet(**_: object) -> None:
+    quiet_task_logs(get_settings())

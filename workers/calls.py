@@ -15,7 +15,7 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.orm import Session
 
 from db import repo
-from db.models import Call, Item
+from db.models import Call
 from pipeline.cache import cacheable, request_key
 from pipeline.cost import call_cost
 from pipeline.errors import ContextTooLong, ProviderError
@@ -63,29 +63,39 @@ class Attempt:
         return self.claim.call_id
 
 
-def perform_call(task: Task, item: Item, call: CallPlan, config: Config) -> Outcome:
+def perform_call(task: Task, item: repo.ItemRow, call: CallPlan, config: Config) -> Outcome:
     """Make one keyed call exactly once; a retry or duplicate reuses what is recorded."""
+    with resources.sessions().begin() as session:
+        prepared = prepare_call(task, session, item, call, config)
+    return prepared if isinstance(prepared, Outcome) else attempt_call(task, prepared)
+
+
+def prepare_call(
+    task: Task, session: Session, item: repo.ItemRow, call: CallPlan, config: Config
+) -> Attempt | Outcome:
+    """In the caller's transaction: claim the call's key and gather what it is shown.
+    An Outcome means the key was settled before (a retry or a duplicate delivery)."""
     model = config.model(call.agent.model)
     spec = config.providers[model.provider]
     params = {"temperature": call.agent.temperature, "max_tokens": call.agent.max_tokens}
-    with resources.sessions().begin() as session:
-        claim = repo.claim_call(
-            session, item_id=item.id, layer=call.layer, slot=call.slot, role=call.role,
-            provider=spec.name, model=model.model, params=params, lease_s=spec.timeout_s * 2 + 5,
-        )  # fmt: skip
-        if not claim.owned:
-            return _recorded(session, task, claim)
-        shown = [
-            text
-            for source in call.sources
-            for text in repo.layer_outputs(session, item.id, source.layer, source.slots)
-        ]
+    claim = repo.claim_call(
+        session, item_id=item.id, layer=call.layer, slot=call.slot, role=call.role,
+        provider=spec.name, model=model.model, params=params, lease_s=spec.timeout_s * 2 + 5,
+    )  # fmt: skip
+    if not claim.owned:
+        return _recorded(session, task, claim)
+    shown = [
+        text
+        for source in call.sources
+        for text in repo.layer_outputs(session, item.id, source.layer, source.slots)
+    ]
     instruction = call.instruction or spec.aggregate_instruction
-    messages = layer_messages(_query(item), shown, instruction)
-    return _attempt(task, Attempt(claim, item.job_id, spec, model, call.agent, messages))
+    messages = layer_messages(_query(item.messages), shown, instruction)
+    return Attempt(claim, item.job_id, spec, model, call.agent, messages)
 
 
-def _attempt(task: Task, attempt: Attempt) -> Outcome:
+def attempt_call(task: Task, attempt: Attempt) -> Outcome:
+    """Try the claimed call: context check, cache, shared limits, then the provider."""
     started = _utcnow()
     try:
         tokens = check_fits(
@@ -217,8 +227,8 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _query(item: Item) -> list[Message]:
-    return [{"role": m["role"], "content": m["content"]} for m in item.messages]
+def _query(messages: list[dict[str, Any]]) -> list[Message]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _ms_since(started: float) -> int:

@@ -50,6 +50,7 @@ class Gate:
         self._acquire = redis.register_script(_ACQUIRE)
         storage = RedisStorage(url, connection_pool=redis.connection_pool, key_prefix="moa-limits")
         self.rates = SlidingWindowCounterRateLimiter(storage)
+        self._dirty: set[str] = set()  # providers whose breaker has state in Redis
 
     # --- acquiring --------------------------------------------------------------------------
 
@@ -113,7 +114,10 @@ class Gate:
     def breaker_wait(self, provider: ProviderSpec) -> float:
         if provider.breaker_threshold <= 0:
             return 0.0
-        open_until = float(self.redis.hget(self._breaker_key(provider), "open_until") or 0)
+        state = self.redis.hmget(self._breaker_key(provider), "open_until", "failures")
+        if any(state):
+            self._dirty.add(provider.name)
+        open_until = float(state[0] or 0)
         if open_until == 0:
             return 0.0
         remaining = open_until - time.time()
@@ -126,9 +130,11 @@ class Gate:
         return 0.0 if probe else 1.0
 
     def succeeded(self, provider: ProviderSpec) -> None:
-        if provider.breaker_threshold > 0:
+        # Only a provider seen with recorded failures needs resetting: no round trip otherwise.
+        if provider.breaker_threshold > 0 and provider.name in self._dirty:
             key = self._breaker_key(provider)
             self.redis.delete(key, key + ":probe")
+            self._dirty.discard(provider.name)
 
     def failed(self, provider: ProviderSpec, error: ProviderError) -> None:
         """Only signs of an unhealthy provider count; a 429 or a bad request does not."""
@@ -137,6 +143,7 @@ class Gate:
         ):
             return
         key = self._breaker_key(provider)
+        self._dirty.add(provider.name)
         failures = int(self.redis.hincrby(key, "failures", 1))
         if failures >= provider.breaker_threshold:
             self.redis.hset(key, "open_until", time.time() + provider.breaker_reset_s)

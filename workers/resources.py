@@ -92,14 +92,14 @@ def provider(spec: ProviderSpec) -> Provider:
     return _get(key, build)
 
 
-def job_plan(job_id: int, snapshot: Mapping[str, Any]) -> tuple[Config, Plan]:
-    """Parse a job's config snapshot once per process."""
+def job_plan(job_id: int, snapshot: Callable[[], Mapping[str, Any]]) -> tuple[Config, Plan]:
+    """A job's config and plan, loaded (``snapshot()``) and parsed once per process."""
     with _lock:
         cached = _plans.get(job_id)
         if cached is not None:
             _plans.move_to_end(job_id)
             return cached
-    config, preset = config_from_snapshot(snapshot)
+    config, preset = config_from_snapshot(snapshot())
     result = (config, Plan(preset))
     with _lock:
         _plans[job_id] = result

@@ -17,14 +17,13 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.orm import Session
 
 from db import repo
-from db.models import Item, Job
 from moa.settings import get_settings
 from pipeline.consensus import agreement
 from pipeline.plan import Plan, layer_verdict
 from pipeline.specs import Config
 from workers import resources
 from workers.app import app
-from workers.calls import Outcome, perform_call
+from workers.calls import Outcome, attempt_call, perform_call, prepare_call
 
 log = get_task_logger(__name__)
 
@@ -53,7 +52,7 @@ def start_layer(plan: Plan, item_id: int, layer: int) -> None:
     chord(header)(callback)
 
 
-@app.task(name="moa.dispatch")
+@app.task(name="moa.dispatch", ignore_result=True)
 def dispatch(job_id: int) -> int:
     """Fill a job's window of in-flight items; finishing items refill it one by one."""
     window = get_settings().max_in_flight_per_job
@@ -62,7 +61,7 @@ def dispatch(job_id: int) -> int:
         if job is None or job.status not in ("queued", "in_progress"):
             return 0
         over_budget = job.budget is not None and job.cost >= job.budget
-        _, plan = resources.job_plan(job.id, job.config)
+        _, plan = resources.job_plan(job.id, lambda: job.config)
         item_ids: list[int] = []
         if not over_budget:
             repo.mark_job_started(session, job_id)
@@ -83,7 +82,7 @@ def stop_job(job_id: int, reason: str) -> None:
         finalize.delay(job_id)
 
 
-@app.task(name="moa.finalize", bind=True, max_retries=None)
+@app.task(name="moa.finalize", bind=True, max_retries=None, ignore_result=True)
 def finalize(self: Task, job_id: int) -> str | None:
     """Settle a job's counts and cost from the rows; a cancel waits for calls in flight."""
     with resources.sessions().begin() as session:
@@ -100,14 +99,13 @@ def finalize(self: Task, job_id: int) -> str | None:
 # --- the chord's header and callback ----------------------------------------------------------
 
 
-def _load(item_id: int) -> tuple[Item, Job, Config, Plan] | None:
-    with resources.sessions().begin() as session:
-        loaded = repo.get_item_and_job(session, item_id)
-    if loaded is None:
-        return None
-    item, job = loaded
-    config, plan = resources.job_plan(job.id, job.config)
-    return item, job, config, plan
+def _load(session: Session, item_id: int) -> tuple[repo.ItemRow, Config, Plan] | None:
+    """The item, and its job's config and plan (parsed once per process)."""
+    item = repo.load_item(session, item_id)
+    if item is None or item.status != "in_progress":
+        return None  # cancelled, finished or gone: nothing to do
+    config, plan = resources.job_plan(item.job_id, lambda: repo.job_config(session, item.job_id))
+    return item, config, plan
 
 
 def _spent(outcome: Outcome, job_id: int) -> Outcome:
@@ -118,20 +116,25 @@ def _spent(outcome: Outcome, job_id: int) -> Outcome:
 
 @app.task(name="moa.propose", bind=True, max_retries=None)
 def propose(self: Task, item_id: int, layer: int, slot: int) -> int | None:
-    loaded = _load(item_id)
-    if loaded is None or loaded[0].status != "in_progress":
-        return None  # cancelled or gone: spend nothing
-    item, job, config, plan = loaded
-    return _spent(perform_call(self, item, plan.call(layer, slot), config), job.id).call_id
+    with resources.sessions().begin() as session:  # one transaction: load, claim, inputs
+        loaded = _load(session, item_id)
+        if loaded is None:
+            return None  # spend nothing
+        item, config, plan = loaded
+        prepared = prepare_call(self, session, item, plan.call(layer, slot), config)
+    if isinstance(prepared, Outcome):
+        return prepared.call_id
+    return _spent(attempt_call(self, prepared), item.job_id).call_id
 
 
-@app.task(name="moa.advance", bind=True, max_retries=None)
+@app.task(name="moa.advance", bind=True, max_retries=None, ignore_result=True)
 def advance(self: Task, _results: Any, item_id: int, layer: int) -> None:
     """Layer ``layer`` is done (0: nothing ran yet): move the item on, once."""
-    loaded = _load(item_id)
-    if loaded is None or loaded[0].status != "in_progress":
+    with resources.sessions().begin() as session:
+        loaded = _load(session, item_id)
+    if loaded is None:
         return
-    item, job, config, plan = loaded
+    item, config, plan = loaded
     if item.layer == layer:
         if not _close_layer(self, plan, item_id, layer):
             return
@@ -141,7 +144,7 @@ def advance(self: Task, _results: Any, item_id: int, layer: int) -> None:
     if plan.parallel(following):
         start_layer(plan, item_id, following)
         return
-    outcome = _spent(perform_call(self, item, plan.call(following, 0), config), job.id)
+    outcome = _spent(perform_call(self, item, plan.call(following, 0), config), item.job_id)
     if outcome.status == "failed":
         end = repo.ItemEnd(
             error_code=outcome.error_code, error=outcome.error, retryable=outcome.retryable
@@ -192,15 +195,16 @@ def _early_stop(plan: Plan, layer: int, outputs: list[str]) -> repo.ItemEnd | No
     return repo.ItemEnd(output=agreed.text, notes={"early_stop": note})
 
 
-@app.task(name="moa.item_errored")
+@app.task(name="moa.item_errored", ignore_result=True)
 def item_errored(item_id: int) -> None:
     """Errback of a chord whose task raised past its retries: the item fails, the job goes on."""
-    loaded = _load(item_id)
+    with resources.sessions().begin() as session:
+        loaded = _load(session, item_id)
     if loaded is None:
         return
     error = "a task of this item failed; see the worker logs"
     finish(
-        loaded[3], item_id, repo.ItemEnd(error_code="internal_error", error=error, retryable=True)
+        loaded[2], item_id, repo.ItemEnd(error_code="internal_error", error=error, retryable=True)
     )
 
 

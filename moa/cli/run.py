@@ -162,7 +162,8 @@ def wait(settings: Settings, job_id: int, total: int) -> None:
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("eta"),
         TimeRemainingColumn(),
     )  # fmt: skip
-    with session_for(settings) as session, Progress(*columns, console=console) as progress:
+    progress_bar = Progress(*columns, console=console, refresh_per_second=4)
+    with session_for(settings) as session, progress_bar as progress:
         bar = progress.add_task(f"job {job_id}", total=total, detail="")
         while True:
             session.expire_all()
@@ -178,7 +179,7 @@ def wait(settings: Settings, job_id: int, total: int) -> None:
             session.rollback()  # end the read transaction: no snapshot held while we sleep
             if job.status in FINAL:
                 return
-            time.sleep(0.25)
+            time.sleep(0.5)
 
 
 def write_results(settings: Settings, job_id: int, out: Path) -> int:

@@ -90,8 +90,8 @@ def worker(
         [
             "worker", "--queues", ",".join(POOLS[pool]), "--pool", "threads",
             "--concurrency", str(threads), "--hostname", f"{pool}-{os.getpid()}@%h",
-            "--loglevel", settings.log_level, "--task-events", "--without-gossip",
-            "--without-mingle",
+            "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
+            *(["--task-events"] if settings.task_events else []),
         ]
     )  # fmt: skip
 
