@@ -47,6 +47,8 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))  # what the key was used for
     budget: Mapped[Decimal | None] = mapped_column(MONEY)  # stop dispatching at this spend
     reason: Mapped[str | None] = mapped_column(String(50))  # why it stopped: budget_exceeded, ...
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", nullable=False, server_default="{}"
     )
@@ -147,3 +149,26 @@ class CachedResponse(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = _now_column()
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False, unique=True)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class ApiKey(Base):
+    """Only a SHA-256 of the key is kept; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = _now_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -30,6 +30,7 @@ def create_job(
     tenant: str = "default",
     idempotency_key: str | None = None,
     budget: Decimal | None = None,
+    webhook_url: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Job:
     job = Job(
@@ -38,6 +39,7 @@ def create_job(
         config=config,
         idempotency_key=idempotency_key,
         budget=budget,
+        webhook_url=webhook_url,
         metadata_=metadata or {},
         status="validating",
     )
@@ -86,8 +88,45 @@ def get_job(session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id)
 
 
-def list_jobs(session: Session, limit: int = 20) -> Sequence[Job]:
-    return session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+def list_jobs(
+    session: Session, limit: int = 20, tenant: str | None = None, before: int | None = None
+) -> Sequence[Job]:
+    """Newest first; ``before`` is the cursor (the last id of the previous page)."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    if before is not None:
+        query = query.where(Job.id < before)
+    return session.scalars(query).all()
+
+
+def tenant_job(session: Session, tenant: str, job_id: int) -> Job | None:
+    """A job only its own tenant can see: another tenant's looks like no job at all."""
+    job = session.get(Job, job_id)
+    return job if job is not None and job.tenant == tenant else None
+
+
+def list_items(
+    session: Session, job_id: int, *, status: str | None, after: int | None, limit: int
+) -> Sequence[Item]:
+    query = select(Item).where(Item.job_id == job_id).order_by(Item.position).limit(limit)
+    if status is not None:
+        query = query.where(Item.status == status)
+    if after is not None:
+        query = query.where(Item.position > after)
+    return session.scalars(query).all()
+
+
+def items_finished_since(
+    session: Session, job_id: int, since: datetime, limit: int = 500
+) -> Sequence[Item]:
+    query = (
+        select(Item)
+        .where(Item.job_id == job_id, Item.finished_at > since)
+        .order_by(Item.finished_at)
+        .limit(limit)
+    )
+    return session.scalars(query).all()
 
 
 def lock_job(session: Session, job_id: int) -> Job | None:
@@ -384,6 +423,16 @@ def _recount(session: Session, job_id: int) -> None:
             cancelled=counts.get("cancelled", 0),
         )
     )
+
+
+def mark_webhook_sent(session: Session, job_id: int) -> bool:
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.webhook_sent_at.is_(None))
+        .values(webhook_sent_at=func.now())
+        .returning(Job.id)
+    )
+    return result.first() is not None
 
 
 def set_budget(session: Session, job_id: int, budget: Decimal | None) -> None:

@@ -31,6 +31,9 @@ class JobOptions:
     budget: Decimal | None = None  # stop dispatching once this much is spent
     skip_invalid: bool = False  # accept the valid lines, report the others
     limits: Limits = Limits()
+    webhook_url: str | None = None  # told of the job's end: job.completed, job.cancelled, ...
+    stream_final: bool = False  # the final answer's tokens are published as they come
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def create_job(
     caller rolls back, so no half-created job is left behind.
     """
     snapshot = config.snapshot(preset)  # raises ConfigError for an unknown preset
+    if options.stream_final:
+        snapshot["stream_final"] = True
     if options.budget is not None and options.budget <= 0:
         raise InputError([LineError(0, f"the budget must be positive, not {options.budget}")])
     digest = _Digest(preset, options)
@@ -70,6 +75,7 @@ def create_job(
     job = repo.create_job(
         session, preset=preset, config=snapshot, tenant=options.tenant,
         idempotency_key=options.idempotency_key, budget=options.budget,
+        webhook_url=options.webhook_url, metadata=options.metadata,
     )  # fmt: skip
     total, errors = _ingest(session, job.id, digest.reading(lines), options.limits)
     if errors and not options.skip_invalid:
@@ -138,7 +144,12 @@ class _Digest:
 
     def __init__(self, preset: str, options: JobOptions):
         self._hash = hashlib.sha256()
-        header = {"preset": preset, "budget": str(options.budget), "skip": options.skip_invalid}
+        header = {
+            "preset": preset,
+            "budget": str(options.budget),
+            "skip": options.skip_invalid,
+            "webhook": options.webhook_url,
+        }
         self._hash.update(json.dumps(header, sort_keys=True).encode())
 
     def reading(self, lines: Iterable[bytes | str]) -> Iterator[bytes | str]:
@@ -200,7 +211,7 @@ def result_record(item: Item) -> dict[str, Any]:
         "error": error,
         "prompt_tokens": item.prompt_tokens,
         "completion_tokens": item.completion_tokens,
-        "cost": str(item.cost),
+        "cost": f"{item.cost:f}",
         "item_id": item.id,
         "metadata": item.metadata_,
         "notes": item.notes or {},
@@ -222,8 +233,9 @@ def job_record(job: Job) -> dict[str, Any]:
         "reason": job.reason,
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": job.completion_tokens,
-        "cost": str(job.cost if job.cost is not None else Decimal(0)),
+        "cost": f"{job.cost if job.cost is not None else Decimal(0):f}",
         "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "error": job.error,
     }

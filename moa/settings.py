@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 100_000  # per item
     visibility_timeout_s: int = 3600
     log_level: str = "INFO"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_rate_limit: str = "600/minute"  # per API key
+    max_request_bytes: int = 50_000_000  # a JSON or JSONL job submission
+    webhook_secret: str | None = None  # signs webhook deliveries (HMAC-SHA256)
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_user: str | None = None
+    flower_password: str | None = None
     # Task events feed Flower; each task then also publishes a few small messages.
     task_events: bool = True
     # A log line per task received and done: noise at thousands a second, and CPU.

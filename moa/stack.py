@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -12,6 +13,22 @@ from moa.settings import Settings
 from pipeline.specs import Config, PresetSpec
 
 WORKER_POOLS = ("proposers", "aggregators", "control")
+SERVERS = ("api", "flower")
+
+
+def flower_credentials(settings: Settings) -> tuple[str, str, bool]:
+    """(user, password, made now): from MOA_FLOWER_USER/PASSWORD, or made once and kept
+    (mode 600) under MOA_HOME."""
+    if settings.flower_user and settings.flower_password:
+        return settings.flower_user, settings.flower_password, False
+    path = settings.home / "flower.credentials"
+    made = not path.exists()
+    if made:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(f"moa:{secrets.token_urlsafe(16)}")
+    user, _, password = path.read_text().strip().partition(":")
+    return user, password, made
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,13 @@ class Stack:
                     [sys.executable, "-m", "moa.cli", "worker", "--pool", pool],
                     env=self.worker_env(),
                 )
+            for server in SERVERS:
+                self.server(server).start(
+                    [sys.executable, "-m", "moa.cli", server], env=self.worker_env()
+                )
+
+    def server(self, name: str) -> Managed:
+        return Managed(name, self.settings.home)
 
     def worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -67,6 +91,7 @@ class Stack:
 
     def down(self, config: Config) -> list[str]:
         stopped = [f"worker-{p}" for p in WORKER_POOLS if self.worker(p).stop()]
+        stopped += [name for name in SERVERS if self.server(name).stop()]
         model = self.local_model(config)
         if model is not None and model.stop():
             stopped.append("local-model")
@@ -91,6 +116,10 @@ class Stack:
         for pool in WORKER_POOLS:
             managed = self.worker(pool)
             rows.append(_row(f"worker-{pool}", managed.running(), f"pid {managed.pid()}", True))
+        api = self.server("api")
+        rows.append(_row("api", api.running(), f"http://{s.api_host}:{s.api_port}", True))
+        flower = self.server("flower")
+        rows.append(_row("flower", flower.running(), f"http://127.0.0.1:{s.flower_port}", True))
         return rows
 
 

@@ -36,6 +36,7 @@ class CallPlan:
 @dataclass(frozen=True)
 class Plan:
     preset: PresetSpec
+    stream_final: bool = False  # publish the final answer's tokens as they arrive
 
     @property
     def proposer_layers(self) -> int:

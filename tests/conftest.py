@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A recognisable provider key, given to the workers only through their environment.
 FAKE_KEY_ENV = "MOA_TEST_PROVIDER_KEY"
 FAKE_KEY = "sk-moatest-8c1f0e7d2b9a4c35b6e1d0f9a8b7c6d5"
+WEBHOOK_SECRET = "whsec-test-4b1d2c"
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,10 @@ class WorkerPools:
         name = name or pool
         log = (self.services.home / f"worker-{name}.log").open("ab")
         env = self.services.env(
-            MOA_PROPOSER_CONCURRENCY="8", MOA_AGGREGATOR_CONCURRENCY="4", **{FAKE_KEY_ENV: FAKE_KEY}
+            MOA_PROPOSER_CONCURRENCY="8",
+            MOA_AGGREGATOR_CONCURRENCY="4",
+            MOA_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            **{FAKE_KEY_ENV: FAKE_KEY},
         )
         threads = ["--concurrency", str(concurrency)] if concurrency else []
         self.procs[name] = subprocess.Popen(

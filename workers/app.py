@@ -26,7 +26,7 @@ POOLS = {
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("moa", include=["workers.tasks"])
+    app = Celery("moa", include=["workers.tasks", "workers.webhooks"])
     app.conf.update(
         broker_url=settings.effective_redis_url,
         result_backend=settings.effective_redis_url,
@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> Celery:
             "moa.item_errored": {"queue": AGGREGATE_QUEUE},
             "moa.dispatch": {"queue": CONTROL_QUEUE},
             "moa.finalize": {"queue": CONTROL_QUEUE},
+            "moa.webhook": {"queue": CONTROL_QUEUE},
         },
         worker_send_task_events=settings.task_events,
         # Flower learns of a task when a worker receives it; a "sent" event per publish

@@ -3,9 +3,11 @@ context, the cache and the shared limits, send, record the attempt and the spend
 
 from __future__ import annotations
 
+import json
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,9 +20,10 @@ from db import repo
 from db.models import Call
 from pipeline.cache import cacheable, request_key
 from pipeline.cost import call_cost
-from pipeline.errors import ContextTooLong, ProviderError
+from pipeline.errors import BadResponse, ContextTooLong, ProviderError
 from pipeline.plan import CallPlan
 from pipeline.prompts import Message, layer_messages
+from pipeline.providers import Completion, Delta
 from pipeline.retry import retry_delay
 from pipeline.specs import AgentSpec, Config, ModelSpec, ProviderSpec
 from pipeline.tokens import check_fits
@@ -57,17 +60,22 @@ class Attempt:
     model: ModelSpec
     agent: AgentSpec
     messages: list[Message]
+    stream_to: str | None = None  # a Redis channel that receives the answer as it comes
 
     @property
     def call_id(self) -> int:
         return self.claim.call_id
 
 
-def perform_call(task: Task, item: repo.ItemRow, call: CallPlan, config: Config) -> Outcome:
+def perform_call(
+    task: Task, item: repo.ItemRow, call: CallPlan, config: Config, stream_to: str | None = None
+) -> Outcome:
     """Make one keyed call exactly once; a retry or duplicate reuses what is recorded."""
     with resources.sessions().begin() as session:
         prepared = prepare_call(task, session, item, call, config)
-    return prepared if isinstance(prepared, Outcome) else attempt_call(task, prepared)
+    if isinstance(prepared, Outcome):
+        return prepared
+    return attempt_call(task, replace(prepared, stream_to=stream_to))
 
 
 def prepare_call(
@@ -120,10 +128,7 @@ def attempt_call(task: Task, attempt: Attempt) -> Outcome:
 def _send(task: Task, attempt: Attempt, permit: Permit, key: str | None) -> Outcome:
     gate, started, clock = resources.gate(), _utcnow(), time.perf_counter()
     try:
-        completion = resources.provider(attempt.spec).complete(
-            attempt.model.model, attempt.messages, temperature=attempt.agent.temperature,
-            max_tokens=attempt.agent.max_tokens,
-        )  # fmt: skip
+        completion = _complete(attempt)
     except ProviderError as error:
         gate.failed(attempt.spec, error)
         return _failed(task, attempt, error, started, _ms_since(clock))
@@ -157,6 +162,30 @@ def _send(task: Task, attempt: Attempt, permit: Permit, key: str | None) -> Outc
                 completion_tokens=completion.completion_tokens,
             )  # fmt: skip
     return Outcome(attempt.call_id, "succeeded", completion.text, over_budget=spend.over_budget)
+
+
+def _complete(attempt: Attempt) -> Completion:
+    provider = resources.provider(attempt.spec)
+    model, messages, agent = attempt.model.model, attempt.messages, attempt.agent
+    if attempt.stream_to is None:
+        return provider.complete(
+            model, messages, temperature=agent.temperature, max_tokens=agent.max_tokens
+        )
+    events = provider.stream(
+        model, messages, temperature=agent.temperature, max_tokens=agent.max_tokens
+    )
+    return publish_stream(events, attempt.stream_to)
+
+
+def publish_stream(events: Iterator[Delta | Completion], channel: str) -> Completion:
+    """Relay each piece of the answer to ``channel`` (the API streams it to its client)."""
+    redis = resources.redis()
+    redis.publish(channel, json.dumps({"restart": True}))  # a retry starts the answer over
+    for event in events:
+        if isinstance(event, Completion):
+            return event
+        redis.publish(channel, json.dumps({"delta": event.text}))
+    raise BadResponse("the stream ended without a final completion")
 
 
 def _cache_key(attempt: Attempt) -> str | None:

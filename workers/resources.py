@@ -99,8 +99,9 @@ def job_plan(job_id: int, snapshot: Callable[[], Mapping[str, Any]]) -> tuple[Co
         if cached is not None:
             _plans.move_to_end(job_id)
             return cached
-    config, preset = config_from_snapshot(snapshot())
-    result = (config, Plan(preset))
+    data = snapshot()
+    config, preset = config_from_snapshot(data)
+    result = (config, Plan(preset, stream_final=bool(data.get("stream_final"))))
     with _lock:
         _plans[job_id] = result
         while len(_plans) > _PLAN_CACHE:

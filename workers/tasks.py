@@ -93,7 +93,17 @@ def finalize(self: Task, job_id: int) -> str | None:
             and repo.job_calls_running(session, job_id)
         ):
             raise self.retry(countdown=WAIT_FOR_CALLS_S)
-        return repo.finalize_job(session, job_id)
+        status = repo.finalize_job(session, job_id)
+        webhook = status is not None and job is not None and job.webhook_url is not None
+    if webhook:
+        from workers.webhooks import deliver_webhook
+
+        deliver_webhook.delay(job_id)
+    return status
+
+
+def stream_channel(item_id: int) -> str:
+    return f"moa:stream:{item_id}"
 
 
 # --- the chord's header and callback ----------------------------------------------------------
@@ -144,14 +154,19 @@ def advance(self: Task, _results: Any, item_id: int, layer: int) -> None:
     if plan.parallel(following):
         start_layer(plan, item_id, following)
         return
-    outcome = _spent(perform_call(self, item, plan.call(following, 0), config), item.job_id)
+    final = following == plan.aggregator_layer
+    channel = stream_channel(item_id) if final and plan.stream_final else None
+    call = plan.call(following, 0)
+    outcome = _spent(perform_call(self, item, call, config, channel), item.job_id)
     if outcome.status == "failed":
         end = repo.ItemEnd(
             error_code=outcome.error_code, error=outcome.error, retryable=outcome.retryable
         )
         finish(plan, item_id, end)
-    elif following == plan.aggregator_layer:
+    elif final:
         finish(plan, item_id, repo.ItemEnd(output=outcome.text))
+        if channel is not None:
+            resources.redis().publish(channel, '{"done": true}')
     else:  # the next window of a sequential aggregation, as a task of its own
         advance.delay(None, item_id, following)
 

@@ -16,21 +16,93 @@ from moa.stack import Stack
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(down)
     app.command()(status)
     app.command()(worker)
+    app.command()(api)
+    app.command()(flower)
+    app.command()(beat)
     app.command()(sim)
     app.add_typer(db_app, name="db")
+    app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="the tenant the key acts for")]) -> None:
+    """Create an API key. It is printed once and only its hash is stored."""
+    from db.engine import make_engine, make_sessionmaker
+    from db.keys import create_key
+
+    settings = get_settings()
+    engine = make_engine(settings.effective_database_url, pool_size=1)
+    with make_sessionmaker(engine)() as session:
+        key = create_key(session, tenant)
+        session.commit()
+    engine.dispose()
+    console.print(f"API key for tenant {tenant!r} (shown once, keep it safe):")
+    print(key)
+
+
+def api(
+    host: Annotated[str | None, typer.Option(help="default: MOA_API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default: MOA_API_PORT")] = None,
+) -> None:
+    """Serve the HTTP API (batch jobs, OpenAI-compatible endpoint, health, metrics)."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host or settings.api_host,
+        port=port or settings.api_port, log_level="warning",
+    )  # fmt: skip
+
+
+def flower(
+    host: Annotated[str | None, typer.Option(help="default: MOA_FLOWER_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default: MOA_FLOWER_PORT")] = None,
+) -> None:
+    """Serve Flower, Celery's monitor, with basic auth on."""
+    from moa.stack import flower_credentials
+    from workers.app import app as celery_app
+
+    settings = get_settings()
+    user, password, _ = flower_credentials(settings)
+    address = host or settings.flower_host
+    celery_app.start(
+        [
+            "flower",
+            f"--port={port or settings.flower_port}",
+            f"--address={address}",
+            f"--basic-auth={user}:{password}",
+            "--persistent=False",
+        ]
+    )
+
+
+def beat() -> None:
+    """Run Celery beat (the scheduler of periodic work)."""
+    from workers.app import app as celery_app
+
+    settings = get_settings()
+    schedule = settings.home / "beat-schedule"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={settings.log_level}"])
 
 
 def up(
     local_model: Annotated[bool, typer.Option(help="also start the bundled local model")] = False,
 ) -> None:
     """Start the embedded services (when no URLs are set), migrate, start the worker pools."""
+    from moa.stack import flower_credentials
+
     settings = get_settings()
     stack = Stack(settings)
+    user, password, made = flower_credentials(settings)  # before Flower starts and reads them
     with console.status("starting services…"):
         stack.up()
         if local_model:
@@ -38,6 +110,8 @@ def up(
             if model is not None:
                 model.start()
     status()
+    if made:  # shown this once; they stay in MOA_HOME/flower.credentials
+        console.print(f"Flower login: user {user}, password {password}")
 
 
 def down() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from moa.services import free_port
+from tests.conftest import wait_for
 
 
 def moa(
@@ -96,7 +97,8 @@ def test_run_with_an_unknown_preset_names_the_known_ones(services, config_file, 
 def test_up_status_down_manage_the_embedded_services(tmp_path):
     home = Path(tmp_path / "home")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MOA_")}
-    env.update(MOA_HOME=str(home), MOA_PG_PORT=str(free_port()), MOA_REDIS_PORT=str(free_port()))
+    ports = {name: str(free_port()) for name in ("PG", "REDIS", "API", "FLOWER")}
+    env.update(MOA_HOME=str(home), **{f"MOA_{name}_PORT": port for name, port in ports.items()})
     try:
         up = moa("up", env=env)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -111,6 +113,10 @@ def test_up_status_down_manage_the_embedded_services(tmp_path):
             line = next(line for line in status.stdout.splitlines() if part in line)
             assert "running" in line, status.stdout
         assert (home / "valkey" / "appendonlydir").is_dir()  # append-only persistence is on
+        assert "Flower login: user moa" in up.stdout
+        wait_for(lambda: _get(f"http://127.0.0.1:{ports['API']}/healthz") == 200, 30, "the API")
+        flower = f"http://127.0.0.1:{ports['FLOWER']}/"
+        wait_for(lambda: _get(flower) == 401, 30, "Flower to ask for a login")
         again = moa("up", env=env)  # reuses what runs
         assert again.returncode == 0
     finally:
@@ -119,6 +125,15 @@ def test_up_status_down_manage_the_embedded_services(tmp_path):
     assert "postgres" in down.stdout and "valkey" in down.stdout
     status = moa("status", env=env)
     assert "running" not in status.stdout
+
+
+def _get(url: str) -> int:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
 
 
 @pytest.mark.local_model
