@@ -21,8 +21,10 @@ from redis import Redis
 from pipeline.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from pipeline.specs import ModelSpec, ProviderSpec
 
-INLINE_WAIT_S = 1.0  # a slot that frees within this is waited for; longer waits go to Celery
-POLL_S = 0.02
+# A slot that frees within this is waited for in the thread (a call takes about this long,
+# so a slot usually frees in time); a longer wait goes back through Celery.
+INLINE_WAIT_S = 3.0
+POLL_S = 0.01
 
 # KEYS[1]: the model's lease set. ARGV: limit, lease seconds, token. Server time avoids skew.
 _ACQUIRE = """

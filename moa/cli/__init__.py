@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from moa.cli import jobs, run, services
+from moa.cli import bench, jobs, run, services
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -14,6 +14,7 @@ app = typer.Typer(
 services.register(app)
 run.register(app)
 jobs.register(app)
+bench.register(app)
 
 
 def main() -> None:
