@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from api.deps import DB, Caller, Config
 from api.errors import ApiError, not_found
@@ -36,6 +37,9 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
 FINAL = ("completed", "failed", "cancelled")
+MAX_URL = 2000
+CANCEL_ATTEMPTS = 3
+RETRIED = ("40P01", "40001")  # deadlock detected, serialization failure: safe to run again
 
 
 def _job_or_404(session: Any, tenant: str, job_id: int) -> Any:
@@ -69,7 +73,7 @@ async def submit_job(
     preset: Annotated[str | None, Query(max_length=100)] = None,
     budget: Annotated[str | None, Query(max_length=40)] = None,
     skip_invalid: bool = False,
-    webhook_url: Annotated[str | None, Query(max_length=2000)] = None,
+    webhook_url: Annotated[str | None, Query(max_length=MAX_URL)] = None,
 ) -> JSONResponse:
     """Create a job from JSON (``{"preset", "items": [...]}``) or a JSONL body streamed in
     (``Content-Type: application/x-ndjson`` with ``?preset=``)."""
@@ -149,14 +153,17 @@ def _options(
     if webhook is not None:
         if not webhook.startswith(("http://", "https://")):
             raise ApiError(400, "invalid_request", "webhook_url must be an http(s) URL")
+        if len(webhook) > MAX_URL:  # the column's size; a JSON body's URL is not limited before
+            raise ApiError(400, "invalid_request", f"webhook_url is over {MAX_URL} characters")
         if not config.webhook_secret:
             raise ApiError(
                 400, "webhooks_disabled", "webhooks need MOA_WEBHOOK_SECRET on the server"
             )
     limits = Limits(max_items=config.max_items, max_prompt_chars=config.max_prompt_chars)
+    # An empty Idempotency-Key is no key: stored as "", a second one would clash with it.
     return JobOptions(
-        tenant=tenant, idempotency_key=key, budget=budget, skip_invalid=skip, limits=limits,
-        webhook_url=webhook,
+        tenant=tenant, idempotency_key=key or None, budget=budget, skip_invalid=skip,
+        limits=limits, webhook_url=webhook,
     )  # fmt: skip
 
 
@@ -211,11 +218,19 @@ def cancel_job(job_id: JobId, caller: Caller, session: DB) -> dict[str, Any]:
     from workers.tasks import finalize
 
     _job_or_404(session, caller.tenant, job_id)
-    try:
-        cancel(session, job_id)
-    except JobStateError as exc:
-        raise ApiError(409, "not_cancellable", str(exc)) from None
-    session.commit()
+    for attempt in range(1, CANCEL_ATTEMPTS + 1):
+        try:
+            cancel(session, job_id)
+            session.commit()
+            break
+        except JobStateError as exc:
+            raise ApiError(409, "not_cancellable", str(exc)) from None
+        except OperationalError as exc:
+            # A worker ending an item locks it, then its job; a cancel locks the job, then its
+            # items. When the two meet, PostgreSQL ends one of them: the cancel tries again.
+            session.rollback()
+            if attempt == CANCEL_ATTEMPTS or getattr(exc.orig, "sqlstate", "") not in RETRIED:
+                raise
     finalize.delay(job_id)
     return job_record(_job_or_404(session, caller.tenant, job_id))
 

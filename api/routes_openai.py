@@ -113,7 +113,10 @@ def _usage(job: Any) -> dict[str, int]:
 
 def _completion(completion_id: str, model: str, item: Any, job: Any) -> dict[str, Any]:
     if item.status != "completed":
-        raise ApiError(502, item.error_code or "moa_failed", item.error or "the MoA run failed")
+        # A prompt too long for the preset's models is the caller's error, as OpenAI's 400
+        # context_length_exceeded; any other failure is the models' (a bad gateway).
+        status = 400 if item.error_code == "context_too_long" else 502
+        raise ApiError(status, item.error_code or "moa_failed", item.error or "the MoA run failed")
     message = {"role": "assistant", "content": item.output}
     return {
         "id": completion_id,

@@ -354,16 +354,13 @@ def finalize_job(session: Session, job_id: int) -> str | None:
 
 def cancel_job(session: Session, job_id: int, reason: str = "cancelled_by_user") -> int | None:
     """Stop a job: unfinished items are cancelled (tasks still queued for them become
-    no-ops), finished ones stay. Returns the items cancelled, None if the job was over."""
-    started = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id, Job.status.in_(("validating", "queued", "in_progress", "finalizing"))
-        )
-        .values(status="cancelling", reason=reason)
-        .returning(Job.id)
-    ).first()
-    if started is None:
+    no-ops), finished ones stay. Returns the items cancelled, None if the job was over.
+
+    Items are locked before the job, the order in which a finishing item takes them, so a
+    cancel and a finish cannot deadlock.
+    """
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status not in CANCELLABLE:
         return None
     result = session.execute(
         update(Item)
@@ -371,7 +368,17 @@ def cancel_job(session: Session, job_id: int, reason: str = "cancelled_by_user")
         .values(status="cancelled", finished_at=func.now())
         .returning(Item.id)
     )
-    return len(result.all())
+    cancelled = len(result.all())
+    started = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(CANCELLABLE))
+        .values(status="cancelling", reason=reason)
+        .returning(Job.id)
+    ).first()
+    return cancelled if started is not None else None
+
+
+CANCELLABLE = ("validating", "queued", "in_progress", "finalizing")
 
 
 def reopen_items(session: Session, job_id: int, statuses: Sequence[str]) -> int:

@@ -58,6 +58,8 @@ def parse_line(line_no: int, raw: bytes | str, max_prompt_chars: int) -> InputRo
         raise ValueError(f"invalid JSON ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "\\u" in text and (problem := _unstorable(obj)):  # only an escape can bring one in
+        raise ValueError(f"the line has {problem}, which cannot be stored")
     custom_id = obj.pop("custom_id", None)
     if not isinstance(custom_id, str) or not custom_id.strip():
         raise ValueError("'custom_id' is required and must be a non-empty string")
@@ -68,6 +70,27 @@ def parse_line(line_no: int, raw: bytes | str, max_prompt_chars: int) -> InputRo
     if size > max_prompt_chars:
         raise ValueError(f"prompt has {size} characters, the limit is {max_prompt_chars}")
     return InputRow(line=line_no, custom_id=custom_id, messages=messages, metadata=obj)
+
+
+def _unstorable(obj: Any) -> str | None:
+    """What in a parsed line PostgreSQL cannot store: a NUL character or an unpaired surrogate
+    in any string or key. Iterative: lines can nest as deep as the JSON parser allows."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return "a NUL character (\\u0000)"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "an unpaired surrogate (\\ud800-\\udfff)"
+    return None
 
 
 def _messages(prompt: Any, messages: Any) -> list[Message]:
