@@ -266,7 +266,7 @@ class Postgres:
     def stop(self) -> bool:
         if not (self.datadir / "postmaster.pid").exists():
             return False
-        user = PG_SYSTEM_USER if os.geteuid() == 0 else None
+        user = self._user()  # and the path to its data is made reachable again
         self._run([self._bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"], user)
         return True
 
