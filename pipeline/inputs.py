@@ -32,7 +32,8 @@ class LineError:
     message: str
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+        # Line 0 is about the input as a whole (it has no items, a bad option): no line to name.
+        return f"line {self.line}: {self.message}" if self.line else self.message
 
 
 class InputError(MoaError):
@@ -41,6 +42,9 @@ class InputError(MoaError):
         lines = [str(e) for e in errors[:shown]]
         if len(errors) > shown:
             lines.append(f"... and {len(errors) - shown} more")
+        if not any(e.line for e in errors):
+            super().__init__("invalid input: " + "; ".join(lines))
+            return
         super().__init__(f"{len(errors)} invalid input line(s):\n" + "\n".join(lines))
 
 

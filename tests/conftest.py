@@ -37,6 +37,9 @@ class Services:
     database_url: str
     redis_url: str
     home: Path
+    # The embedded servers when the fixture started them (None for servers of your own).
+    postgres: Postgres | None = None
+    valkey: Valkey | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -66,6 +69,7 @@ def services() -> Iterator[Services]:
     started: list[Postgres | Valkey] = []
     database_url = os.environ.get("MOA_TEST_DATABASE_URL")
     redis_url = os.environ.get("MOA_TEST_REDIS_URL")
+    postgres = valkey = None
     if not database_url:
         postgres = Postgres(home, free_port())
         postgres.start()
@@ -79,7 +83,7 @@ def services() -> Iterator[Services]:
     from db.migrate import upgrade
 
     upgrade(database_url)
-    found = Services(database_url, redis_url, home)
+    found = Services(database_url, redis_url, home, postgres, valkey)
     saved = {k: os.environ.get(k) for k in ("MOA_DATABASE_URL", "MOA_REDIS_URL", "MOA_HOME")}
     os.environ.update(MOA_DATABASE_URL=database_url, MOA_REDIS_URL=redis_url, MOA_HOME=str(home))
     _configure_settings()

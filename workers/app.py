@@ -7,15 +7,28 @@ Queues: proposer calls on ``moa.propose``, chord callbacks (aggregation) on
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moa.settings import Settings, get_settings
 
 PROPOSE_QUEUE = "moa.propose"
 AGGREGATE_QUEUE = "moa.aggregate"
 CONTROL_QUEUE = "moa.control"
+
+# A database restart or failover breaks the pooled connections (there is no pre-ping): the
+# task that meets one is retried with backoff and redoes its work, which is idempotent
+# (calls are keyed, item moves and job ends are compare-and-set). Every task takes these.
+DB_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "retry_kwargs": {"max_retries": 20},
+}
 
 POOLS = {
     "proposers": (PROPOSE_QUEUE,),

@@ -22,7 +22,7 @@ from pipeline.consensus import agreement
 from pipeline.plan import Plan, layer_verdict
 from pipeline.specs import Config
 from workers import resources
-from workers.app import app
+from workers.app import DB_RETRY, app
 from workers.calls import Outcome, attempt_call, perform_call, prepare_call
 
 log = get_task_logger(__name__)
@@ -52,7 +52,7 @@ def start_layer(plan: Plan, item_id: int, layer: int) -> None:
     chord(header)(callback)
 
 
-@app.task(name="moa.dispatch", ignore_result=True)
+@app.task(name="moa.dispatch", ignore_result=True, **DB_RETRY)
 def dispatch(job_id: int) -> int:
     """Fill a job's window of in-flight items; finishing items refill it one by one."""
     window = get_settings().max_in_flight_per_job
@@ -82,7 +82,7 @@ def stop_job(job_id: int, reason: str) -> None:
         finalize.delay(job_id)
 
 
-@app.task(name="moa.finalize", bind=True, max_retries=None, ignore_result=True)
+@app.task(name="moa.finalize", bind=True, max_retries=None, ignore_result=True, **DB_RETRY)
 def finalize(self: Task, job_id: int) -> str | None:
     """Settle a job's counts and cost from the rows; a cancel waits for calls in flight."""
     with resources.sessions().begin() as session:
@@ -124,7 +124,7 @@ def _spent(outcome: Outcome, job_id: int) -> Outcome:
     return outcome
 
 
-@app.task(name="moa.propose", bind=True, max_retries=None)
+@app.task(name="moa.propose", bind=True, max_retries=None, **DB_RETRY)
 def propose(self: Task, item_id: int, layer: int, slot: int) -> int | None:
     with resources.sessions().begin() as session:  # one transaction: load, claim, inputs
         loaded = _load(session, item_id)
@@ -137,7 +137,7 @@ def propose(self: Task, item_id: int, layer: int, slot: int) -> int | None:
     return _spent(attempt_call(self, prepared), item.job_id).call_id
 
 
-@app.task(name="moa.advance", bind=True, max_retries=None, ignore_result=True)
+@app.task(name="moa.advance", bind=True, max_retries=None, ignore_result=True, **DB_RETRY)
 def advance(self: Task, _results: Any, item_id: int, layer: int) -> None:
     """Layer ``layer`` is done (0: nothing ran yet): move the item on, once."""
     with resources.sessions().begin() as session:
@@ -210,7 +210,7 @@ def _early_stop(plan: Plan, layer: int, outputs: list[str]) -> repo.ItemEnd | No
     return repo.ItemEnd(output=agreed.text, notes={"early_stop": note})
 
 
-@app.task(name="moa.item_errored", ignore_result=True)
+@app.task(name="moa.item_errored", ignore_result=True, **DB_RETRY)
 def item_errored(item_id: int) -> None:
     """Errback of a chord whose task raised past its retries: the item fails, the job goes on."""
     with resources.sessions().begin() as session:

@@ -19,7 +19,7 @@ from db import repo
 from moa.jobs import job_record
 from moa.settings import get_settings
 from workers import resources
-from workers.app import app
+from workers.app import DB_RETRY, app
 
 log = get_task_logger(__name__)
 EVENTS = {"completed": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
@@ -43,7 +43,7 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
     return fresh and hmac.compare_digest(expected, fields.get("v1", ""))
 
 
-@app.task(name="moa.webhook", bind=True, max_retries=MAX_ATTEMPTS, ignore_result=True)
+@app.task(name="moa.webhook", bind=True, max_retries=MAX_ATTEMPTS, ignore_result=True, **DB_RETRY)
 def deliver_webhook(self: Task, job_id: int) -> None:
     """Deliver a job's end event once: a Redis lock keeps two deliveries from racing, the
     job's ``webhook_sent_at`` marks it done."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from sqlalchemy.orm import Session
 
 from moa.console import console
@@ -18,7 +19,7 @@ FINAL = ("completed", "failed", "cancelled")
 
 
 def fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")  # it may quote the user's input
     return typer.Exit(2)
 
 

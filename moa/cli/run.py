@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -41,9 +42,12 @@ def _budget(value: str | None) -> Decimal | None:
     if value is None:
         return None
     try:
-        return Decimal(value)
+        amount = Decimal(value)
     except InvalidOperation:
         raise typer.BadParameter(f"{value!r} is not an amount") from None
+    if not (amount.is_finite() and amount > 0):
+        raise typer.BadParameter(f"--max-cost must be a positive amount, not {value!r}")
+    return amount
 
 
 def run(
@@ -112,7 +116,7 @@ def submit(
         job_id, total = submitted.job.id, submitted.job.total
         session.commit()
     for error in submitted.skipped:
-        console.print(f"[yellow]skipped[/] {error}")
+        console.print(f"[yellow]skipped[/] {escape(str(error))}")  # the line's own text
     if submitted.created:
         dispatch.delay(job_id)
         console.print(f"job {job_id}: {total} items on preset {preset!r}")
