@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Header
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from db.keys import hash_key, tenant_for_key
-from moa.settings import Settings, get_settings
+from moa.settings import Settings, get_settings, load_moa_config
+from pipeline.specs import Config as MoaConfig
 from workers import resources
 
 _KEY_CACHE_S = 30.0  # a revoked key stops working within this
@@ -26,11 +28,16 @@ _limiter: dict[str, MovingWindowRateLimiter] = {}
 @dataclass(frozen=True)
 class Principal:
     tenant: str
-    key_id: str  # the key's hash: what rate limits count against
 
 
 def settings() -> Settings:
     return get_settings()
+
+
+@lru_cache(maxsize=1)
+def moa_config() -> MoaConfig:
+    """moa.toml, parsed once per API process (restart the API after editing it)."""
+    return load_moa_config(get_settings())
 
 
 def db() -> Iterator[Session]:
@@ -77,7 +84,7 @@ def principal(
         retry = str(max(1, int(reset - time.time()) + 1))
         message = f"rate limit of {config.api_rate_limit} per key exceeded"
         raise ApiError(429, "rate_limited", message, headers={"Retry-After": retry})
-    return Principal(tenant=tenant, key_id=digest)
+    return Principal(tenant=tenant)
 
 
 Caller = Annotated[Principal, Depends(principal)]

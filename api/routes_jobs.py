@@ -14,9 +14,8 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
 
-from api.deps import DB, Caller, Config
+from api.deps import DB, Caller, Config, moa_config
 from api.errors import ApiError, not_found
 from api.schemas import MAX_ID, JobCreate
 from db import repo
@@ -30,7 +29,7 @@ from moa.jobs import (
     job_record,
     result_record,
 )
-from moa.settings import Settings, load_moa_config
+from moa.settings import Settings
 from workers import resources
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -38,8 +37,6 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
 FINAL = ("completed", "failed", "cancelled")
 MAX_URL = 2000
-CANCEL_ATTEMPTS = 3
-RETRIED = ("40P01", "40001")  # deadlock detected, serialization failure: safe to run again
 
 
 def _job_or_404(session: Any, tenant: str, job_id: int) -> Any:
@@ -86,12 +83,12 @@ async def submit_job(
         options = _options(
             caller.tenant, idempotency_key, _amount(budget), skip_invalid, webhook_url, config
         )
-        return await run_in_threadpool(_create_from_file, config, preset, spool, options)
+        return await run_in_threadpool(_create_from_file, preset, spool, options)
     body = _parse_json(await _read(request, config.max_request_bytes))
     lines = [json.dumps(item) for item in body.items]
     url = str(body.webhook_url) if body.webhook_url else None
     options = _options(caller.tenant, idempotency_key, body.budget, body.skip_invalid, url, config)
-    return await run_in_threadpool(_create, config, body.preset, lines, options)
+    return await run_in_threadpool(_create, body.preset, lines, options)
 
 
 def _check_size(request: Request, config: Settings) -> None:
@@ -167,20 +164,18 @@ def _options(
     )  # fmt: skip
 
 
-def _create_from_file(
-    config: Settings, preset: str, spool: IO[bytes], options: JobOptions
-) -> JSONResponse:
+def _create_from_file(preset: str, spool: IO[bytes], options: JobOptions) -> JSONResponse:
     with spool:
-        return _create(config, preset, spool, options)
+        return _create(preset, spool, options)
 
 
-def _create(config: Settings, preset: str, lines: Any, options: JobOptions) -> JSONResponse:
+def _create(preset: str, lines: Any, options: JobOptions) -> JSONResponse:
     from workers.tasks import dispatch
 
-    moa_config = load_moa_config(config)
+    presets = moa_config()
     with resources.sessions()() as session:
         try:
-            submitted = create_job(session, moa_config, preset, lines, options)
+            submitted = create_job(session, presets, preset, lines, options)
         except IdempotencyConflict as exc:
             raise ApiError(409, "idempotency_conflict", str(exc)) from None
         session.commit()
@@ -218,19 +213,11 @@ def cancel_job(job_id: JobId, caller: Caller, session: DB) -> dict[str, Any]:
     from workers.tasks import finalize
 
     _job_or_404(session, caller.tenant, job_id)
-    for attempt in range(1, CANCEL_ATTEMPTS + 1):
-        try:
-            cancel(session, job_id)
-            session.commit()
-            break
-        except JobStateError as exc:
-            raise ApiError(409, "not_cancellable", str(exc)) from None
-        except OperationalError as exc:
-            # A worker ending an item locks it, then its job; a cancel locks the job, then its
-            # items. When the two meet, PostgreSQL ends one of them: the cancel tries again.
-            session.rollback()
-            if attempt == CANCEL_ATTEMPTS or getattr(exc.orig, "sqlstate", "") not in RETRIED:
-                raise
+    try:
+        cancel(session, job_id)
+    except JobStateError as exc:
+        raise ApiError(409, "not_cancellable", str(exc)) from None
+    session.commit()
     finalize.delay(job_id)
     return job_record(_job_or_404(session, caller.tenant, job_id))
 

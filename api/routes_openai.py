@@ -15,12 +15,12 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import Caller, Config
+from api.deps import Caller, Config, moa_config
 from api.errors import ApiError
 from api.schemas import ChatRequest
 from db import repo
 from moa.jobs import JobOptions, Limits, create_job
-from moa.settings import Settings, load_moa_config
+from moa.settings import Settings
 from workers import resources
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -28,8 +28,8 @@ WAIT_S = 600.0
 
 
 @router.get("/models")
-def models(config: Config, caller: Caller) -> dict[str, Any]:
-    presets = load_moa_config(config).presets
+def models(caller: Caller) -> dict[str, Any]:
+    presets = moa_config().presets
     return {
         "object": "list",
         "data": [
@@ -55,9 +55,9 @@ async def chat_completions(body: ChatRequest, caller: Caller, config: Config) ->
 
 
 def _create(config: Settings, tenant: str, body: ChatRequest) -> tuple[int, int]:
-    moa_config = load_moa_config(config)
-    if body.model not in moa_config.presets:
-        known = ", ".join(sorted(moa_config.presets))
+    presets = moa_config()
+    if body.model not in presets.presets:
+        known = ", ".join(sorted(presets.presets))
         raise ApiError(404, "model_not_found", f"no preset {body.model!r}; presets: {known}")
     line = json.dumps({"custom_id": "chat", "messages": [m.model_dump() for m in body.messages]})
     limits = Limits(max_items=1, max_prompt_chars=config.max_prompt_chars)
@@ -68,7 +68,7 @@ def _create(config: Settings, tenant: str, body: ChatRequest) -> tuple[int, int]
         metadata={"source": "chat.completions"},
     )
     with resources.sessions()() as session:
-        job = create_job(session, moa_config, body.model, [line], options).job
+        job = create_job(session, presets, body.model, [line], options).job
         item_id = repo.list_items(session, job.id, status=None, after=None, limit=1)[0].id
         session.commit()
         job_id = job.id
@@ -83,20 +83,25 @@ def _dispatch(job_id: int) -> None:
     dispatch.delay(job_id)
 
 
-def _finished(item_id: int) -> tuple[Any, Any] | None:
+def _finished(item_id: int) -> bool:
+    """A light poll (the item's row, not its job's config) of whether the item has ended."""
+    with resources.sessions()() as session:
+        item = repo.load_item(session, item_id)
+        return item is not None and item.status not in ("queued", "in_progress")
+
+
+def _ended(item_id: int) -> tuple[Any, Any]:
     with resources.sessions()() as session:
         loaded = repo.get_item_and_job(session, item_id)
-        if loaded is None or loaded[0].status in ("queued", "in_progress"):
-            return None
+        assert loaded is not None
         return loaded
 
 
 async def _wait(item_id: int) -> tuple[Any, Any]:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        loaded = await run_in_threadpool(_finished, item_id)
-        if loaded is not None:
-            return loaded
+        if await run_in_threadpool(_finished, item_id):
+            return await run_in_threadpool(_ended, item_id)
         await asyncio.sleep(0.1)
     raise ApiError(504, "timeout", f"no answer within {WAIT_S:.0f}s; see /v1/items/{item_id}/trace")
 
@@ -181,7 +186,7 @@ async def _pieces(pubsub: Any, item_id: int) -> AsyncIterator[str]:
         if message is None:
             if ended:
                 return  # the item is over and nothing more came
-            ended = await run_in_threadpool(_finished, item_id) is not None
+            ended = await run_in_threadpool(_finished, item_id)
             continue
         data = json.loads(message["data"])
         if data.get("done"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,6 @@ from sqlalchemy.orm import Session
 from db.models import CachedResponse, Call, Item, Job
 
 TERMINAL_CALL = ("succeeded", "failed")
-TERMINAL_ITEM = ("completed", "failed", "cancelled")
 
 
 # --- jobs and items -------------------------------------------------------------------------
@@ -330,11 +330,7 @@ def finalize_job(session: Session, job_id: int) -> str | None:
     job = lock_job(session, job_id)
     if job is None or job.status not in ("finalizing", "cancelling"):
         return None
-    counts = dict(
-        session.execute(
-            select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-        ).all()
-    )
+    counts = _status_counts(session, job_id)
     spent = session.execute(
         select(
             func.coalesce(func.sum(Call.prompt_tokens), 0),
@@ -344,8 +340,7 @@ def finalize_job(session: Session, job_id: int) -> str | None:
         .join(Item, Item.id == Call.item_id)
         .where(Item.job_id == job_id, Call.cached.is_(False))
     ).one()
-    job.completed, job.failed = counts.get("completed", 0), counts.get("failed", 0)
-    job.cancelled = counts.get("cancelled", 0)
+    job.completed, job.failed, job.cancelled = (counts[s] for s in COUNTED)
     job.prompt_tokens, job.completion_tokens, job.cost = spent
     job.status = "completed" if job.status == "finalizing" else "cancelled"
     job.finished_at = func.now()
@@ -415,20 +410,18 @@ def reopen_items(session: Session, job_id: int, statuses: Sequence[str]) -> int:
     return reopened
 
 
+COUNTED = ("completed", "failed", "cancelled")  # the item statuses a job counts
+
+
+def _status_counts(session: Session, job_id: int) -> defaultdict[str, int]:
+    query = select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+    return defaultdict(int, {status: int(n) for status, n in session.execute(query)})
+
+
 def _recount(session: Session, job_id: int) -> None:
-    counts = dict(
-        session.execute(
-            select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-        ).all()
-    )
+    counts = _status_counts(session, job_id)
     session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(
-            completed=counts.get("completed", 0),
-            failed=counts.get("failed", 0),
-            cancelled=counts.get("cancelled", 0),
-        )
+        update(Job).where(Job.id == job_id).values({status: counts[status] for status in COUNTED})
     )
 
 

@@ -11,13 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from db.models import Call, Item, Job
+from moa.export import money
 
 # Not a terminal (CI, a pipe): wide enough that the cost table is not truncated.
 console = Console(width=None if sys.stdout.isatty() else 140)
-
-
-def money(value: Decimal | None) -> str:
-    return f"${(value or Decimal(0)):.6f}"
 
 
 def cost_table(

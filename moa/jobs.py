@@ -183,15 +183,17 @@ def cancel(session: Session, job_id: int) -> int:
 
 
 def reopen(session: Session, job_id: int, statuses: tuple[str, ...], budget: Decimal | None) -> int:
-    """Queue a job's items in ``statuses`` again; the caller commits, then dispatches."""
-    job = repo.lock_job(session, job_id)
+    """Queue a job's items in ``statuses`` again; the caller commits, then dispatches.
+
+    Rows are locked items first, job last, the order every other writer uses."""
+    job = repo.get_job(session, job_id)
     if job is None:
         raise JobStateError(f"no job {job_id}")
     if job.status in ("validating", "cancelling", "finalizing"):
         raise JobStateError(f"job {job_id} is {job.status}; try again when it has settled")
+    reopened = repo.reopen_items(session, job_id, statuses)
     if budget is not None:
         repo.set_budget(session, job_id, budget)
-    reopened = repo.reopen_items(session, job_id, statuses)
     if reopened == 0 and job.status not in ("queued", "in_progress"):
         raise JobStateError(f"job {job_id} is {job.status} and has no items to run again")
     return reopened

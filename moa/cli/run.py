@@ -22,7 +22,8 @@ from rich.progress import (
 from rich.table import Table
 
 from moa.cli.common import FINAL, ConfigOption, fail, session_for
-from moa.console import console, cost_table, money
+from moa.console import console, cost_table
+from moa.export import money
 from moa.jobs import JobOptions, Limits, create_job
 from moa.settings import Settings, get_settings, load_moa_config
 from moa.stack import Stack

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from moa.cli.common import fail
+from moa.cli.common import fail, session_for
 from moa.console import console
 from moa.settings import get_settings, load_moa_config
 from moa.stack import Stack
@@ -35,15 +35,11 @@ def register(app: typer.Typer) -> None:
 @keys_app.command("create")
 def keys_create(tenant: Annotated[str, typer.Option(help="the tenant the key acts for")]) -> None:
     """Create an API key. It is printed once and only its hash is stored."""
-    from db.engine import make_engine, make_sessionmaker
     from db.keys import create_key
 
-    settings = get_settings()
-    engine = make_engine(settings.effective_database_url, pool_size=1)
-    with make_sessionmaker(engine)() as session:
+    with session_for(get_settings()) as session:
         key = create_key(session, tenant)
         session.commit()
-    engine.dispose()
     console.print(f"API key for tenant {tenant!r} (shown once, keep it safe):")
     print(key)
 
