@@ -290,21 +290,33 @@ def workers(services: Services) -> Iterator[WorkerPools]:
         pools.stop()
 
 
-@pytest.fixture
-def submit(engine: Engine, config: Any, workers: WorkerPools) -> Callable[..., int]:
-    """Create a job from rows (dicts) on a preset of the test config and start it."""
+def start_job(
+    engine: Engine, config: Any, preset: str, rows: list[dict[str, Any]], **options: Any
+) -> int:
+    """Create a job from rows (dicts) and dispatch it, as `moa run` and the API do."""
     import json
 
     from moa.jobs import JobOptions, create_job
     from workers.tasks import dispatch
 
+    lines = [json.dumps(row) for row in rows]
+    with Session(engine) as session:
+        job_id = create_job(session, config, preset, lines, JobOptions(**options)).job.id
+        session.commit()
+    dispatch.delay(job_id)
+    return job_id
+
+
+def questions(n: int, prefix: str = "q") -> list[dict[str, Any]]:
+    return [{"custom_id": f"{prefix}{i}", "prompt": f"{prefix} question {i}"} for i in range(n)]
+
+
+@pytest.fixture
+def submit(engine: Engine, config: Any, workers: WorkerPools) -> Callable[..., int]:
+    """Start a job on a preset of the test config."""
+
     def _submit(rows: list[dict[str, Any]], preset: str = "lite", **options: Any) -> int:
-        lines = [json.dumps(row) for row in rows]
-        with Session(engine) as session:
-            job_id = create_job(session, config, preset, lines, JobOptions(**options)).job.id
-            session.commit()
-        dispatch.delay(job_id)
-        return job_id
+        return start_job(engine, config, preset, rows, **options)
 
     return _submit
 

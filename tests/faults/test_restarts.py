@@ -22,7 +22,7 @@ from db.models import Call, Item, Job
 from moa.jobs import UNFINISHED, JobOptions, create_job, reopen
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import Services, WorkerPools, wait_for
+from tests.conftest import Services, WorkerPools, questions, start_job, wait_for
 
 CONFIG = """
 [providers.slow]
@@ -69,15 +69,7 @@ def start(
     config = load_config(path)
 
     def _start(prefix: str) -> int:
-        from workers.tasks import dispatch
-
-        lines = [json.dumps({"custom_id": f"{prefix}{i}", "prompt": f"{prefix} question {i}"})
-                 for i in range(ITEMS)]  # fmt: skip
-        with Session(engine) as session:
-            job_id = create_job(session, config, "lite", lines).job.id
-            session.commit()
-        dispatch.delay(job_id)
-        return job_id
+        return start_job(engine, config, "lite", questions(ITEMS, prefix))
 
     return _start
 

@@ -18,7 +18,7 @@ from db.models import Call, Item, Job
 from moa.jobs import IdempotencyConflict, JobOptions, create_job, reopen
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import wait_for
+from tests.conftest import questions, start_job, wait_for
 
 CONFIG = """
 [providers.slow]
@@ -91,16 +91,8 @@ def jobs_config(slow_sim, fast_sim, tmp_path_factory) -> Any:
 
 @pytest.fixture
 def start(engine, jobs_config, workers):
-    from workers.tasks import dispatch
-
     def _start(preset: str, n: int, prefix: str = "x", **options: Any) -> int:
-        lines = [json.dumps({"custom_id": f"{prefix}{i}", "prompt": f"{prefix} question {i}"})
-                 for i in range(n)]  # fmt: skip
-        with Session(engine) as session:
-            job_id = create_job(session, jobs_config, preset, lines, JobOptions(**options)).job.id
-            session.commit()
-        dispatch.delay(job_id)
-        return job_id
+        return start_job(engine, jobs_config, preset, questions(n, prefix), **options)
 
     return _start
 

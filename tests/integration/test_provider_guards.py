@@ -3,7 +3,6 @@ fitting, the shared concurrency limit and the circuit breaker."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 from db.models import Call, Item
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
+from tests.conftest import questions, start_job
 
 
 def item_calls(db: Session, job_id: int) -> list[Call]:
@@ -79,18 +79,11 @@ agents = [{{ model = "limited", samples = 4 }}]
 def test_a_models_concurrency_limit_holds_across_worker_processes(
     services, workers, engine, slow_sim, wait_job, tmp_path
 ):
-    from moa.jobs import create_job
-    from workers.tasks import dispatch
-
     # Two more proposer processes of 16 threads each: 40 threads could call at once.
     workers.start("proposers", name="proposers-a", concurrency=16)
     workers.start("proposers", name="proposers-b", concurrency=16)
     workers.wait_ready()
-    lines = [json.dumps({"custom_id": f"c{i}", "prompt": f"limit {i}"}) for i in range(15)]
-    with Session(engine) as session:
-        job_id = create_job(session, limited_config(tmp_path, slow_sim), "limited", lines).job.id
-        session.commit()
-    dispatch.delay(job_id)
+    job_id = start_job(engine, limited_config(tmp_path, slow_sim), "limited", questions(15, "c"))
 
     assert wait_job(job_id, timeout_s=120).completed == 15
     peak = sim_stats(slow_sim)["peak_in_flight"]["sim-limited"]

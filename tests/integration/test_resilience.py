@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections import Counter
 from datetime import datetime
@@ -19,7 +18,7 @@ from db.models import Call, Item
 from moa.simulator import SimConfig, SimServer
 from pipeline.cost import call_cost
 from pipeline.specs import load_config
-from tests.conftest import FAKE_KEY, FAKE_KEY_ENV
+from tests.conftest import FAKE_KEY, FAKE_KEY_ENV, start_job
 
 MIXED = {"429": 1, "500": 1, "503": 1, "malformed": 1, "disconnect": 1, "slow": 1, "hang": 1}
 
@@ -27,17 +26,6 @@ MIXED = {"429": 1, "500": 1, "503": 1, "malformed": 1, "disconnect": 1, "slow": 
 def job_calls(db: Session, job_id: int) -> list[Call]:
     query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
     return list(db.scalars(query))
-
-
-def submit_with(engine, config: Any, preset: str, rows: list[dict[str, Any]]) -> int:
-    from moa.jobs import create_job
-    from workers.tasks import dispatch
-
-    with Session(engine) as session:
-        job_id = create_job(session, config, preset, [json.dumps(r) for r in rows]).job.id
-        session.commit()
-    dispatch.delay(job_id)
-    return job_id
 
 
 def write_config(tmp_path: Path, text: str) -> Any:
@@ -85,7 +73,7 @@ agents = [{{ model = "p", samples = 3 }}]
 """)  # fmt: skip
     rows = [{"custom_id": f"s{i}", "prompt": f"storm question {i}"} for i in range(100)]
 
-    job = wait_job(submit_with(engine, config, "storm", rows), timeout_s=240)
+    job = wait_job(start_job(engine, config, "storm", rows), timeout_s=240)
 
     assert (job.status, job.completed, job.failed) == ("completed", 100, 0)
     calls = job_calls(db, job.id)
@@ -124,7 +112,7 @@ agents = ["r"]
     httpx.post(f"http://127.0.0.1:{sim.port}/_sim/script", json=script).raise_for_status()
     rows = [{"custom_id": f"r{i}", "prompt": f"retry question {i}"} for i in range(12)]
 
-    job = wait_job(submit_with(engine, config, "retry", rows))
+    job = wait_job(start_job(engine, config, "retry", rows))
 
     assert job.completed == 12
     calls = job_calls(db, job.id)
@@ -161,7 +149,7 @@ aggregator = "ok"
 agents = ["ok", "rejected"]
 """)  # fmt: skip
 
-    job = wait_job(submit_with(engine, config, "keyed", [{"custom_id": "k", "prompt": "hi"}]))
+    job = wait_job(start_job(engine, config, "keyed", [{"custom_id": "k", "prompt": "hi"}]))
 
     assert job.completed == 1
     rejected = next(c for c in job_calls(db, job.id) if c.model == "reject-key-model")
