@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, func, select, update
+from sqlalchemy import Row, Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -305,6 +305,41 @@ def _item_usage(item_id: int) -> tuple[Any, Any, Any]:
     return total(Call.prompt_tokens), total(Call.completion_tokens), total(Call.cost)
 
 
+def stalled_items(
+    session: Session, stall_after_s: float, limit: int
+) -> Sequence[Row[int, int, int]]:
+    """(item id, job id, layer) of in-progress items of running jobs that nothing has moved
+    for ``stall_after_s``: no call is being made or waits for a retry, and no call began or
+    ended since. Their messages were lost; a call waiting for a retry is left to its task."""
+    live = (
+        select(Call.id)
+        .where(
+            Call.item_id == Item.id,
+            or_(
+                Call.status.in_(("pending", "retrying")),
+                (Call.status == "running")
+                & (Call.lease_until.is_(None) | (Call.lease_until >= func.now())),
+            ),
+        )
+        .exists()
+    )
+    last_call = (
+        select(func.max(func.coalesce(Call.finished_at, Call.created_at)))
+        .where(Call.item_id == Item.id)
+        .scalar_subquery()
+    )
+    quiet_since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stall_after_s)
+    query = (
+        select(Item.id, Item.job_id, Item.layer)
+        .join(Job, Job.id == Item.job_id)
+        .where(Item.status == "in_progress", Job.status == "in_progress", ~live)
+        .where(func.greatest(Item.started_at, last_call) < quiet_since)
+        .order_by(Item.id)
+        .limit(limit)
+    )
+    return session.execute(query).all()
+
+
 def begin_finalizing(session: Session, job_id: int) -> bool:
     result = session.execute(
         update(Job)
@@ -316,11 +351,17 @@ def begin_finalizing(session: Session, job_id: int) -> bool:
 
 
 def job_calls_running(session: Session, job_id: int) -> int:
+    """Calls a live worker may still be making. A call whose lease ran out was left by a
+    worker that died: nothing will finish it, so a cancel must not wait for it."""
     query = (
         select(func.count())
         .select_from(Call)
         .join(Item, Item.id == Call.item_id)
-        .where(Item.job_id == job_id, Call.status == "running")
+        .where(
+            Item.job_id == job_id,
+            Call.status == "running",
+            or_(Call.lease_until.is_(None), Call.lease_until >= func.now()),
+        )
     )
     return int(session.scalar(query) or 0)
 
@@ -330,6 +371,8 @@ def finalize_job(session: Session, job_id: int) -> str | None:
     job = lock_job(session, job_id)
     if job is None or job.status not in ("finalizing", "cancelling"):
         return None
+    if job.status == "cancelling":
+        _abandon_calls(session, job_id)
     counts = _status_counts(session, job_id)
     spent = session.execute(
         select(
@@ -345,6 +388,28 @@ def finalize_job(session: Session, job_id: int) -> str | None:
     job.status = "completed" if job.status == "finalizing" else "cancelled"
     job.finished_at = func.now()
     return job.status
+
+
+def _abandon_calls(session: Session, job_id: int) -> None:
+    """A cancelled job's calls that nothing will finish: one waiting for its retry (the retry
+    finds the item cancelled and sends nothing) or one whose worker died (its lease ran out)."""
+    session.execute(
+        update(Call)
+        .where(
+            Call.item_id.in_(select(Item.id).where(Item.job_id == job_id)),
+            or_(
+                Call.status == "retrying",
+                (Call.status == "running") & (Call.lease_until < func.now()),
+            ),
+        )
+        .values(
+            status="failed",
+            error_code="abandoned",
+            error="not finished: the job was cancelled before this call could be retried",
+            lease_until=None,
+            finished_at=func.now(),
+        )
+    )
 
 
 def cancel_job(session: Session, job_id: int, reason: str = "cancelled_by_user") -> int | None:

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_items: int = 1_000_000  # per job
     max_prompt_chars: int = 100_000  # per item
     visibility_timeout_s: int = 3600
+    # Beat's sweeper restarts an in-progress item nothing has moved for stall_after_s: the
+    # rare message Redis loses (a worker killed between taking it and recording it) or a
+    # broker restart drops. Keyed calls make a restart of a live item harmless, only wasteful.
+    sweep_interval_s: float = 60.0
+    stall_after_s: float = 900.0
     log_level: str = "INFO"
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -38,13 +38,24 @@ POOLS = {
 }
 
 
+def broker_options(visibility_timeout_s: int) -> dict[str, Any]:
+    """A message taken by a worker that then died comes back to its queue once it has been
+    unacknowledged for ``visibility_timeout_s``. Workers look for such messages every few
+    seconds (kombu's default sweep runs every 100 s, long after a short timeout expired)."""
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def create_app(settings: Settings) -> Celery:
     app = Celery("moa", include=["workers.tasks", "workers.webhooks"])
     app.conf.update(
         broker_url=settings.effective_redis_url,
         result_backend=settings.effective_redis_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=broker_options(settings.visibility_timeout_s),
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         # At-least-once: a message is acknowledged after its task ran, and given back
         # to the queue when the worker running it dies. Tasks are idempotent by key.
@@ -63,6 +74,15 @@ def create_app(settings: Settings) -> Celery:
             "moa.dispatch": {"queue": CONTROL_QUEUE},
             "moa.finalize": {"queue": CONTROL_QUEUE},
             "moa.webhook": {"queue": CONTROL_QUEUE},
+            "moa.sweep": {"queue": CONTROL_QUEUE},
+        },
+        beat_schedule={
+            "sweep-stalled-items": {
+                "task": "moa.sweep",
+                "schedule": settings.sweep_interval_s,
+                "args": (settings.stall_after_s,),
+                "options": {"expires": settings.sweep_interval_s},
+            },
         },
         worker_send_task_events=settings.task_events,
         # Flower learns of a task when a worker receives it; a "sent" event per publish

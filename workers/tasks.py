@@ -10,6 +10,7 @@ makes the next aggregation call itself; after the last one the item is done.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from celery import Task, chord, group
@@ -50,6 +51,36 @@ def start_layer(plan: Plan, item_id: int, layer: int) -> None:
     header = group(propose.si(item_id, layer, c.slot) for c in plan.layer_calls(layer))
     callback = advance.s(item_id, layer).on_error(item_errored.si(item_id))
     chord(header)(callback)
+
+
+def restart_item(plan: Plan, item_id: int, layer: int) -> None:
+    """Send an item's current step again: its chord for a proposer layer (the keyed calls
+    that succeeded are reused, the callback trusts the database), otherwise the callback
+    that makes its aggregation call."""
+    if plan.parallel(layer):
+        start_layer(plan, item_id, layer)
+    else:
+        advance.delay(None, item_id, max(layer - 1, 0))
+
+
+def _plan(session: Session, job_id: int) -> Plan:
+    return resources.job_plan(job_id, partial(repo.job_config, session, job_id))[1]
+
+
+SWEEP_LIMIT = 1000  # items restarted per sweep, at most
+
+
+@app.task(name="moa.sweep", ignore_result=True, **DB_RETRY)
+def sweep(stall_after_s: float) -> int:
+    """Beat's check for items whose messages were lost: restart them where they stand."""
+    with resources.sessions().begin() as session:
+        stalled = repo.stalled_items(session, stall_after_s, SWEEP_LIMIT)
+        plans = {job_id: _plan(session, job_id) for job_id in {row.job_id for row in stalled}}
+    for row in stalled:
+        restart_item(plans[row.job_id], row.id, row.layer)
+    if stalled:
+        log.warning("restarted %d items nothing had moved for %ss", len(stalled), stall_after_s)
+    return len(stalled)
 
 
 @app.task(name="moa.dispatch", ignore_result=True, **DB_RETRY)
