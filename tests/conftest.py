@@ -230,14 +230,16 @@ class WorkerPools:
         self.services = services
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, pool: str, name: str | None = None, concurrency: int | None = None) -> None:
+    def start(
+        self, pool: str, name: str | None = None, concurrency: int | None = None, **env_extra: str
+    ) -> None:
         name = name or pool
         log = (self.services.home / f"worker-{name}.log").open("ab")
         env = self.services.env(
             MOA_PROPOSER_CONCURRENCY="8",
             MOA_AGGREGATOR_CONCURRENCY="4",
             MOA_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            **{FAKE_KEY_ENV: FAKE_KEY},
+            **{FAKE_KEY_ENV: FAKE_KEY, **env_extra},
         )
         threads = ["--concurrency", str(concurrency)] if concurrency else []
         self.procs[name] = subprocess.Popen(
