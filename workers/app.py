@@ -39,7 +39,7 @@ POOLS = {
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("moa", include=["workers.tasks", "workers.webhooks"])
+    app = Celery("moa", include=["workers.tasks", "workers.webhooks", "workers.pipelines"])
     app.conf.update(
         broker_url=settings.effective_redis_url,
         result_backend=settings.effective_redis_url,
@@ -63,6 +63,8 @@ def create_app(settings: Settings) -> Celery:
             "moa.dispatch": {"queue": CONTROL_QUEUE},
             "moa.finalize": {"queue": CONTROL_QUEUE},
             "moa.webhook": {"queue": CONTROL_QUEUE},
+            "moa.pipeline_trigger": {"queue": CONTROL_QUEUE},
+            "moa.pipeline_advance": {"queue": CONTROL_QUEUE},
         },
         worker_send_task_events=settings.task_events,
         # Flower learns of a task when a worker receives it; a "sent" event per publish
