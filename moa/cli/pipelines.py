@@ -14,6 +14,7 @@ from moa.cli.common import ConfigOption, fail, session_for
 from moa.console import console
 from moa.export import money
 from moa.settings import Settings, get_settings, load_moa_config
+from moa.stack import Stack
 from pipeline.errors import MoaError
 
 pipelines_app = typer.Typer(
@@ -73,6 +74,9 @@ def pipelines_run(
     try:
         moa_config = load_moa_config(settings, config)
         spec = moa_config.pipeline(name)
+        if settings.embedded_database or settings.embedded_redis:
+            with console.status("starting services…"):
+                Stack(settings).up()
         with session_for(settings) as session:
             started = pipelines.start_run(session, moa_config, spec, force=force)
             session.commit()
