@@ -123,7 +123,7 @@ def _index_markdown(index: Index) -> str:
         else:
             detail = _md_cell(entry.error or "")
         lines.append(
-            f"| `{_md_cell(entry.source)}` | {entry.status} | {detail} | ${entry.cost:.6f} |"
+            f"| `{_md_cell(entry.source)}` | {entry.status} | {detail} | {_cost(entry)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -209,5 +209,10 @@ def _index_row(entry: IndexEntry) -> str:
     return (
         f"<tr><td><code>{e(entry.source)}</code></td>"
         f'<td class="{e(entry.status)}">{e(entry.status)}</td><td>{detail}</td>'
-        f'<td class="cost">${entry.cost:.6f}</td></tr>'
+        f'<td class="cost">{_cost(entry)}</td></tr>'
     )
+
+
+def _cost(entry: IndexEntry) -> str:
+    # Only a processed document spent anything in this run; a dash reads better than zeros.
+    return f"${entry.cost:.6f}" if entry.status == "processed" else "—"

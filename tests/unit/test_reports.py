@@ -90,7 +90,7 @@ def test_markdown_report_and_index() -> None:
     assert "Source: `contracts/a&b.pdf`" in report and "| late <b>delivery</b> | high |" in report
     index = render_index(INDEX, "markdown")
     assert "| `a&b.pdf` | processed | [A <b>](<a&b.pdf.html>) | $0.010000 |" in index
-    assert "| `bad.pdf` | failed | not a readable PDF file (<EOF>) | $0.000000 |" in index
+    assert "| `bad.pdf` | failed | not a readable PDF file (<EOF>) | — |" in index
 
 
 @pytest.mark.parametrize(
