@@ -122,9 +122,7 @@ def _index_markdown(index: Index) -> str:
             detail = f"[{_md_cell(entry.title or entry.source)}](<{entry.report}>)"
         else:
             detail = _md_cell(entry.error or "")
-        lines.append(
-            f"| `{_md_cell(entry.source)}` | {entry.status} | {detail} | {_cost(entry)} |"
-        )
+        lines.append(f"| `{_md_cell(entry.source)}` | {entry.status} | {detail} | {_cost(entry)} |")
     return "\n".join(lines) + "\n"
 
 
