@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -172,3 +173,64 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = _now_column()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PipelineRun(Base):
+    """One run of a document pipeline. At most one run of a pipeline is active at a time:
+    the partial unique index is the lock that two racing beat ticks meet."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(100), nullable=False)
+    # mapping -> (reducing ->) completed | failed; finished_at is set with the end status.
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="mapping")
+    trigger: Mapped[str] = mapped_column(String(20), nullable=False, server_default="manual")
+    force: Mapped[bool] = mapped_column(nullable=False, server_default="false")
+    spec: Mapped[dict[str, Any]] = mapped_column(nullable=False)  # the pipeline as run
+    # Per document: path, sha256, title, parts, status, error, report (the run's plan).
+    documents: Mapped[list[dict[str, Any]]] = mapped_column(nullable=False, server_default="[]")
+    map_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    reduce_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    processed: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    skipped: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    cost: Mapped[Decimal] = mapped_column(MONEY, nullable=False, server_default="0")
+    index_path: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "uq_pipeline_runs_active",
+            "pipeline",
+            unique=True,
+            postgresql_where=text("finished_at IS NULL"),
+        ),
+        Index("ix_pipeline_runs_pipeline_created", "pipeline", "created_at"),
+    )
+
+
+class PipelineDocument(Base):
+    """The last good report of each document: unchanged content and settings reuse it."""
+
+    __tablename__ = "pipeline_documents"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(100), nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)  # instruction, preset...
+    title: Mapped[str | None] = mapped_column(Text)
+    report_path: Mapped[str | None] = mapped_column(Text)
+    last_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("pipeline_runs.id", ondelete="SET NULL")
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    cost: Mapped[Decimal] = mapped_column(MONEY, nullable=False, server_default="0")
+    updated_at: Mapped[datetime] = _now_column()
+
+    __table_args__ = (
+        UniqueConstraint("pipeline", "path", name="uq_pipeline_documents_pipeline_path"),
+    )

@@ -13,7 +13,7 @@ from moa.settings import Settings
 from pipeline.specs import Config, PresetSpec
 
 WORKER_POOLS = ("proposers", "aggregators", "control")
-SERVERS = ("api", "flower")
+SERVERS = ("api", "flower", "beat")  # beat: the pipelines' schedules
 
 
 def flower_credentials(settings: Settings) -> tuple[str, str, bool]:
@@ -120,6 +120,8 @@ class Stack:
         rows.append(_row("api", api.running(), f"http://{s.api_host}:{s.api_port}", True))
         flower = self.server("flower")
         rows.append(_row("flower", flower.running(), f"http://127.0.0.1:{s.flower_port}", True))
+        beat = self.server("beat")
+        rows.append(_row("beat", beat.running(), f"pid {beat.pid()}", True))
         return rows
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import ConfigError
+from pipeline.pipelines import PipelineSpec, parse_pipeline
 
 Mode = Literal["chat", "completion"]
 _MODES = ("chat", "completion")
@@ -101,6 +102,14 @@ class Config:
     providers: Mapping[str, ProviderSpec]
     models: Mapping[str, ModelSpec]
     presets: Mapping[str, PresetSpec] = field(default_factory=dict)
+    pipelines: Mapping[str, PipelineSpec] = field(default_factory=dict)
+
+    def pipeline(self, name: str) -> PipelineSpec:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            raise ConfigError(f"unknown pipeline {name!r} (known: {known})") from None
 
     def preset(self, name: str) -> PresetSpec:
         try:
@@ -147,7 +156,7 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    return parse_config(data, check=False)
+    return parse_config(data, check=False, base=path.parent)
 
 
 def merge_config(base: Config, extra: Config) -> Config:
@@ -156,16 +165,21 @@ def merge_config(base: Config, extra: Config) -> Config:
         providers={**base.providers, **extra.providers},
         models={**base.models, **extra.models},
         presets={**base.presets, **extra.presets},
+        pipelines={**base.pipelines, **extra.pipelines},
     )
     check_references(merged)
     return merged
 
 
-def parse_config(data: Mapping[str, Any], *, check: bool = True) -> Config:
+def parse_config(
+    data: Mapping[str, Any], *, check: bool = True, base: Path | None = None
+) -> Config:
+    """``base``: the directory relative paths (a pipeline's folders) are taken from."""
     providers = {n: _provider(n, v) for n, v in _table(data, "providers").items()}
     models = {n: _model(n, v) for n, v in _table(data, "models").items()}
     presets = {n: parse_preset(n, v) for n, v in _table(data, "presets").items()}
-    config = Config(providers=providers, models=models, presets=presets)
+    pipelines = {n: parse_pipeline(n, v, base) for n, v in _table(data, "pipelines").items()}
+    config = Config(providers=providers, models=models, presets=presets, pipelines=pipelines)
     if check:
         check_references(config)
     return config
@@ -334,3 +348,6 @@ def check_references(config: Config) -> None:
         unknown = sorted(preset.model_names() - set(config.models))
         if unknown:
             raise ConfigError(f"preset {preset.name!r}: unknown model(s) {', '.join(unknown)}")
+    for pipeline in config.pipelines.values():
+        if pipeline.preset not in config.presets:
+            raise ConfigError(f"pipeline {pipeline.name!r}: unknown preset {pipeline.preset!r}")

@@ -50,7 +50,7 @@ def broker_options(visibility_timeout_s: int) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("moa", include=["workers.tasks", "workers.webhooks"])
+    app = Celery("moa", include=["workers.tasks", "workers.webhooks", "workers.pipelines"])
     app.conf.update(
         broker_url=settings.effective_redis_url,
         result_backend=settings.effective_redis_url,
@@ -74,6 +74,8 @@ def create_app(settings: Settings) -> Celery:
             "moa.dispatch": {"queue": CONTROL_QUEUE},
             "moa.finalize": {"queue": CONTROL_QUEUE},
             "moa.webhook": {"queue": CONTROL_QUEUE},
+            "moa.pipeline_trigger": {"queue": CONTROL_QUEUE},
+            "moa.pipeline_advance": {"queue": CONTROL_QUEUE},
             "moa.sweep": {"queue": CONTROL_QUEUE},
         },
         beat_schedule={

@@ -126,10 +126,13 @@ def finalize(self: Task, job_id: int) -> str | None:
             raise self.retry(countdown=WAIT_FOR_CALLS_S)
         status = repo.finalize_job(session, job_id)
         webhook = status is not None and job is not None and job.webhook_url is not None
+        run_id = (job.metadata_ or {}).get("pipeline_run") if job is not None else None
     if webhook:
         from workers.webhooks import deliver_webhook
 
         deliver_webhook.delay(job_id)
+    if status is not None and run_id is not None:  # a pipeline run's job: move the run on
+        app.send_task("moa.pipeline_advance", (run_id,))
     return status
 
 

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from moa.cli.common import fail, session_for
+from moa.cli.common import ConfigOption, fail, session_for
 from moa.console import console
 from moa.settings import get_settings, load_moa_config
 from moa.stack import Stack
+from pipeline.errors import MoaError
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 
@@ -80,11 +81,23 @@ def flower(
     )
 
 
-def beat() -> None:
-    """Run Celery beat (the scheduler of periodic work)."""
+def beat(config: ConfigOption = None) -> None:
+    """Run Celery beat: it starts the pipelines of moa.toml on their schedules."""
     from workers.app import app as celery_app
+    from workers.beat import beat_schedule
 
     settings = get_settings()
+    try:
+        moa_config = load_moa_config(settings, config)
+    except MoaError as exc:
+        raise fail(str(exc)) from None
+    # Workers read the same file when a tick arrives: the user's file, or ours.
+    path = (config or settings.config_path).resolve()
+    # The app's own entries (the sweeper of stalled items) stay beside the pipelines'.
+    celery_app.conf.beat_schedule = {
+        **celery_app.conf.beat_schedule,
+        **beat_schedule(moa_config, path),
+    }
     schedule = settings.home / "beat-schedule"
     settings.home.mkdir(parents=True, exist_ok=True)
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={settings.log_level}"])
