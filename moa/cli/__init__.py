@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from moa.cli import bench, jobs, run, services
+from moa.cli import bench, eval, jobs, run, services
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +15,7 @@ services.register(app)
 run.register(app)
 jobs.register(app)
 bench.register(app)
+eval.register(app)
 
 
 def main() -> None:
