@@ -1,7 +1,8 @@
 """Exact-match scoring where an answer can be extracted from free text: no judge needed.
 
 ``number``: a marked answer ("Answer: 42", "#### 42", "\\boxed{42}", "= 42", the same rules
-as early stopping, :mod:`pipeline.consensus`), else the last number in the text.
+as early stopping, :mod:`pipeline.consensus`), else the last number in the text, else the
+last number word up to twenty.
 ``choice``: a marked letter ("Answer: (B)", "the answer is B"), a text that is only a letter,
 else a lone parenthesised letter. ``text``: the expected words appear, as whole words, in the
 normalized answer (short factual answers such as capitals).
@@ -18,6 +19,15 @@ _PAREN_CHOICE = re.compile(r"\(([A-Ja-j])\)")
 _CHOICE_START = re.compile(r"\s*([A-J])[.):](?:\s|$)")
 _LETTER = re.compile(r"[A-J]")
 _WORDS = re.compile(r"[^\w\s]")
+# Small models write small numbers as words ("A spider has eight legs").
+_NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+        "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
 
 
 def extract(text: str, kind: str) -> str | None:
@@ -50,7 +60,10 @@ def _number(text: str) -> str | None:
     if _LAST_NUMBER.fullmatch(marked):
         return _canonical_number(marked)
     numbers = _LAST_NUMBER.findall(text)
-    return _canonical_number(numbers[-1]) if numbers else None
+    if numbers:
+        return _canonical_number(numbers[-1])
+    words = _NUMBER_WORD.findall(text)
+    return _NUMBER_WORDS[words[-1].lower()] if words else None
 
 
 def _canonical_number(raw: str) -> str:

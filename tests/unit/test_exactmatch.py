@@ -18,6 +18,9 @@ from pipeline.exactmatch import extract, is_correct
         ("There are 60 minutes in an hour.", "60", "number", True),
         ("-3", "-3", "number", True),
         ("no number here", "3", "number", False),
+        ("A spider has eight legs.", "8", "number", True),
+        ("Seven, or 9", "9", "number", True),  # digits beat words
+        ("Someone is here", "1", "number", False),  # "one" inside a word is not a number
         ("", "3", "number", False),
         ("B", "B", "choice", True),
         ("(b) dolphin", "B", "choice", True),
