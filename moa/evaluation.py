@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from db import repo
@@ -120,16 +121,27 @@ class Evaluation:
         names = [*request.presets, *([self.baseline.preset] if self.baseline.preset else [])]
         self.presets = list(dict.fromkeys(names))
         self._base: dict[str, tuple[str, ...]] = {}
+        self.digest = self.data.digest()
+        self._engine: Engine | None = None
         for name in self.presets:
             self.config.preset(name)  # unknown presets fail before anything runs
 
     # --- the run ------------------------------------------------------------------------------
 
     def run(self) -> tuple[int, dict[str, Any]]:
+        from db.engine import make_engine
+
         self._start_services()
+        self._engine = make_engine(self.settings.effective_database_url, pool_size=1)
+        try:
+            return self._run()
+        finally:
+            self._engine.dispose()
+
+    def _run(self) -> tuple[int, dict[str, Any]]:
         with self._session() as session:
             run_id = repo.create_eval_run(
-                session, data_path=str(self.request.data), data_hash=self.data.digest(),
+                session, data_path=str(self.request.data.resolve()), data_hash=self.digest,
                 config=self.snapshot(),
             ).id  # fmt: skip
             session.commit()
@@ -164,8 +176,8 @@ class Evaluation:
             "presets": {name: self.config.snapshot(name) for name in self.presets},
             "judge": self.config.snapshot(self.judge.name),
             "baseline": {"name": self.baseline.name, "preset": self.baseline.preset},
-            "data": {"path": str(self.request.data), "name": self.data.name,
-                     "items": len(self.data.items), "hash": self.data.digest(),
+            "data": {"path": str(self.request.data.resolve()), "name": self.data.name,
+                     "items": len(self.data.items), "hash": self.digest,
                      "limit": self.request.limit},
             "seeds": {"bootstrap": self.request.seed, "sampling": None},
         }  # fmt: skip
@@ -332,14 +344,11 @@ class Evaluation:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        from db.engine import make_engine, make_sessionmaker
+        from db.engine import make_sessionmaker
 
-        engine = make_engine(self.settings.effective_database_url, pool_size=1)
-        try:
-            with make_sessionmaker(engine)() as session:
-                yield session
-        finally:
-            engine.dispose()
+        assert self._engine is not None, "sessions exist only while the run runs"
+        with make_sessionmaker(self._engine)() as session:
+            yield session
 
     def _submit(self, preset: str, rows: list[dict[str, Any]]) -> int:
         from workers.tasks import dispatch
