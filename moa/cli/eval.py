@@ -32,7 +32,7 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="eval set: AlpacaEval JSON, MT-Bench "
                                               "question.jsonl or our JSONL")] = None,
     presets: Annotated[str | None, typer.Option(help="comma-separated presets")] = None,
-    judge: Annotated[str | None, typer.Option(help="judge model (a [models.*] name)")] = None,
+    judge: Annotated[str | None, typer.Option(help="judge model: a name from moa.toml")] = None,
     baseline: Annotated[str | None, typer.Option(
         help="a preset or a JSONL of answers (default: the data's own, else the first preset)"
     )] = None,
@@ -89,8 +89,7 @@ def _write(report: dict[str, Any], where: Path) -> None:
 
 @eval_app.command("show")
 def show(run_id: int) -> None:
-    """A stored eval run: its configuration (presets, models, temperatures, seeds, data hash,
-    jobs) and its report."""
+    """A stored eval run: presets, models, temperatures, seeds, data hash, jobs, report."""
     from db import repo
     from pipeline.evalreport import render_markdown
 
