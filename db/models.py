@@ -234,3 +234,43 @@ class PipelineDocument(Base):
     __table_args__ = (
         UniqueConstraint("pipeline", "path", name="uq_pipeline_documents_pipeline_path"),
     )
+
+
+class EvalRun(Base):
+    """One `moa eval`: what was run (presets, models, temperatures, seeds, the data's hash),
+    the jobs that ran it, and the report."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="running")
+    data_path: Mapped[str] = mapped_column(Text, nullable=False)
+    data_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    jobs: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default="{}")
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EvalVerdict(Base):
+    """A judge's reply (or an exact-match check) on one answer of one preset."""
+
+    __tablename__ = "eval_verdicts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("eval_runs.id", ondelete="CASCADE"), nullable=False
+    )
+    preset: Mapped[str] = mapped_column(String(100), nullable=False)
+    item: Mapped[str] = mapped_column(String(200), nullable=False)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)  # pairwise, rating, exact
+    turn: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    position: Mapped[str | None] = mapped_column(String(1))  # pairwise: the preset shown as A/B
+    value: Mapped[str | None] = mapped_column(String(20))  # A, B, tie, 7, true; None: invalid
+    problem: Mapped[str | None] = mapped_column(Text)  # why a verdict is invalid
+    judge_output: Mapped[str | None] = mapped_column(Text)
+    judge_item_id: Mapped[int | None] = mapped_column(BigInteger)  # the judge call's item
+
+    __table_args__ = (Index("ix_eval_verdicts_run_preset", "run_id", "preset"),)

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from db.models import CachedResponse, Call, Item, Job
+from db.models import CachedResponse, Call, EvalRun, EvalVerdict, Item, Job
 
 TERMINAL_CALL = ("succeeded", "failed")
 
@@ -787,3 +787,65 @@ def cost_by_layer(session: Session, job_id: int) -> Sequence[Row[Any]]:
         .order_by(Call.layer, Call.role, Call.model)
     )
     return session.execute(query).all()
+
+
+# --- eval runs ------------------------------------------------------------------------------
+
+
+def create_eval_run(
+    session: Session, *, data_path: str, data_hash: str, config: dict[str, Any]
+) -> EvalRun:
+    run = EvalRun(data_path=data_path, data_hash=data_hash, config=config, jobs={})
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_eval_run(session: Session, run_id: int) -> EvalRun | None:
+    return session.get(EvalRun, run_id)
+
+
+def set_eval_jobs(session: Session, run_id: int, jobs: dict[str, Any]) -> None:
+    session.execute(update(EvalRun).where(EvalRun.id == run_id).values(jobs=jobs))
+
+
+def finish_eval_run(
+    session: Session,
+    run_id: int,
+    *,
+    status: str,
+    report: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    values = {"status": status, "report": report, "error": error, "finished_at": func.now()}
+    session.execute(update(EvalRun).where(EvalRun.id == run_id).values(**values))
+
+
+def add_eval_verdicts(session: Session, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(pg_insert(EvalVerdict), [{**row, "run_id": run_id} for row in rows])
+
+
+def eval_verdicts(session: Session, run_id: int) -> Sequence[EvalVerdict]:
+    query = (
+        select(EvalVerdict)
+        .where(EvalVerdict.run_id == run_id)
+        .order_by(EvalVerdict.preset, EvalVerdict.item, EvalVerdict.kind, EvalVerdict.id)
+    )
+    return session.scalars(query).all()
+
+
+def job_statuses(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
+    rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
+    return {job_id: status for job_id, status in rows}
+
+
+def item_seconds(session: Session, job_id: int) -> dict[str, float]:
+    """Wall time from start to end of each finished item of a job, by custom_id."""
+    seconds = func.extract("epoch", Item.finished_at - Item.started_at)
+    rows = session.execute(
+        select(Item.custom_id, seconds).where(
+            Item.job_id == job_id, Item.finished_at.is_not(None), Item.started_at.is_not(None)
+        )
+    )
+    return {custom_id: float(value) for custom_id, value in rows}

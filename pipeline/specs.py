@@ -139,6 +139,22 @@ class Config:
         }
 
 
+def single_preset(
+    name: str, model: str, *, temperature: float = 0.0, max_tokens: int = 512, description: str = ""
+) -> PresetSpec:
+    """A one-call preset made on the fly (e.g. for a judge model given by name)."""
+    agent = AgentSpec(model=model, temperature=temperature, max_tokens=max_tokens)
+    return PresetSpec(name=name, aggregator=agent, description=description)
+
+
+def with_presets(config: Config, *presets: PresetSpec) -> Config:
+    """The same config with these presets added (or replaced, by name)."""
+    extra = {preset.name: preset for preset in presets}
+    merged = Config(config.providers, config.models, {**config.presets, **extra})
+    check_references(merged)
+    return merged
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)

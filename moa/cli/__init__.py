@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from moa.cli import bench, jobs, pipelines, run, services
+from moa.cli import bench, eval, jobs, pipelines, run, services
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,6 +16,7 @@ run.register(app)
 jobs.register(app)
 bench.register(app)
 pipelines.register(app)
+eval.register(app)
 
 
 def main() -> None:

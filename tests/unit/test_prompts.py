@@ -92,3 +92,20 @@ def test_query_messages_keep_only_role_and_content() -> None:
 )
 def test_completion_prompt(messages: list[Message], prefix: str, expected: str) -> None:
     assert completion_prompt(messages, prefix) == expected
+
+
+def test_an_aggregator_in_completion_mode_sees_the_whole_conversation() -> None:
+    # A second turn (moa eval, MT-Bench): the aggregator must see the earlier turn and its
+    # answer, not only the last question, and a base model gets them as a transcript.
+    conversation: list[Message] = [
+        {"role": "user", "content": "What is 3 + 4?"},
+        {"role": "assistant", "content": "7"},
+        {"role": "user", "content": "Double it."},
+    ]
+
+    prompt = completion_prompt(layer_messages(conversation, ["14", "15"]), prefix="ignored")
+
+    answers_at = prompt.index("[1] 14\n\n[2] 15")
+    history_at = prompt.index("Question: What is 3 + 4?\n\nAnswer: 7\n\nQuestion: Double it.")
+    assert answers_at < history_at and prompt.endswith("Double it.\n\nAnswer:")
+    assert "ignored" not in prompt  # the aggregate instruction takes the few-shot prefix's place

@@ -28,7 +28,9 @@ def test_importing_every_pipeline_module_loads_no_framework() -> None:
     result = json.loads(done.stdout)
     assert "pipeline.providers" in result["imported"]
     assert "pipeline.specs" in result["imported"]
-    for name in ("documents", "chunking", "pipelines", "reports"):  # document pipelines
+    documents = ("documents", "chunking", "pipelines", "reports")
+    evaluation = ("evalsets", "evalstats", "evalreport", "judging", "exactmatch")
+    for name in documents + evaluation:
         assert f"pipeline.{name}" in result["imported"]
     assert "httpx" in result["loaded"]  # the check does see third-party imports
     assert [name for name in FRAMEWORKS if name in result["loaded"]] == []
