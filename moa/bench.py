@@ -40,6 +40,8 @@ class Stack:
     sim_port: int = 0
     sim: subprocess.Popen[bytes] | None = None
 
+    local_model: bool = False
+
     def start(self, extra_env: dict[str, str]) -> None:
         ports = {k: str(free_port()) for k in ("PG", "REDIS", "API", "FLOWER")}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MOA_")}
@@ -51,7 +53,8 @@ class Stack:
              "--latency-ms", str(self.sim_latency_ms), "--jitter-ms", str(self.sim_jitter_ms)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        subprocess.run([sys.executable, "-m", "moa.cli", "up"], env=self.env, check=True,
+        up = ["up", "--local-model"] if self.local_model else ["up"]
+        subprocess.run([sys.executable, "-m", "moa.cli", *up], env=self.env, check=True,
                        capture_output=True)  # fmt: skip
         wait_until(lambda: port_open(self.sim_port), 30, "the simulator")
 
@@ -82,9 +85,11 @@ class Stack:
 
 
 @contextmanager
-def stack(latency_ms: float = 0.0, jitter_ms: float = 0.0, **env: str) -> Iterator[Stack]:
+def stack(
+    latency_ms: float = 0.0, jitter_ms: float = 0.0, local_model: bool = False, **env: str
+) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="moa-bench-") as home:
-        running = Stack(Path(home), latency_ms, jitter_ms)
+        running = Stack(Path(home), latency_ms, jitter_ms, local_model=local_model)
         try:
             running.start({f"MOA_{k.upper()}": v for k, v in env.items()})
             yield running
@@ -114,6 +119,7 @@ class Run:
     cpu_s: dict[str, float]
     peak_rss_mb: dict[str, float]
     item_latency_s: list[float]
+    figures: JobFigures
 
     @property
     def calls_per_s(self) -> float:
@@ -125,13 +131,15 @@ class Run:
         return 1000 * ours / self.calls
 
 
-def run_job(running: Stack, config_path: Path, items: int, warmup: int = 10) -> Run:
+def run_job(
+    running: Stack, config_path: Path, items: int, warmup: int = 10, prompts: Path | None = None
+) -> Run:
     """Submit ``items`` prompts to the bench preset, wait for the end, measure every process.
 
     A small job runs first, so process start-up (imports, the tokenizer's tables, connection
     pools) is not counted as per-call overhead."""
     if warmup:
-        run_job(running, config_path, warmup, warmup=0)
+        run_job(running, config_path, warmup, warmup=0, prompts=prompts)
     redis_url = f"redis://127.0.0.1:{running.env['MOA_REDIS_PORT']}/0"
     os.environ.update(MOA_DATABASE_URL=running.database_url, MOA_REDIS_URL=redis_url)
     from moa.settings import get_settings
@@ -142,7 +150,8 @@ def run_job(running: Stack, config_path: Path, items: int, warmup: int = 10) -> 
     started = time.perf_counter()
     # Submitted from a fresh process: a Celery app is bound to one broker for its lifetime.
     submit = subprocess.run(
-        [sys.executable, "-m", "moa.bench", str(config_path), str(items)],
+        [sys.executable, "-m", "moa.bench", str(config_path), str(items),
+         *([str(prompts)] if prompts else [])],
         env={**running.env, "MOA_DATABASE_URL": running.database_url,
              "MOA_REDIS_URL": os.environ["MOA_REDIS_URL"]},
         capture_output=True, text=True, check=True,
@@ -152,11 +161,11 @@ def run_job(running: Stack, config_path: Path, items: int, warmup: int = 10) -> 
     wall = time.perf_counter() - started
     after = _cpu(procs)
     cpu = {role: after.get(role, 0) - before.get(role, 0) for role in after}
-    calls, latencies = _job_figures(job_id)
-    return Run(items, calls, wall, cpu, peak, latencies)
+    figures = job_figures(job_id)
+    return Run(items, figures.calls, wall, cpu, peak, figures.latency_s, figures)
 
 
-def submit(config_path: Path, items: int) -> int:
+def submit(config_path: Path, items: int, prompts: Path | None = None) -> int:
     from db.engine import make_engine, make_sessionmaker
     from moa.jobs import JobOptions, Limits, create_job
     from moa.settings import get_settings, load_moa_config
@@ -164,10 +173,8 @@ def submit(config_path: Path, items: int) -> int:
 
     settings = get_settings()
     config = load_moa_config(settings, config_path)
-    lines = (
-        json.dumps({"custom_id": f"b{i}", "prompt": f"benchmark question {i}"})
-        for i in range(items)
-    )
+    texts = prompt_texts(prompts, items)
+    lines = (json.dumps({"custom_id": f"b{i}", "prompt": text}) for i, text in enumerate(texts))
     engine = make_engine(settings.effective_database_url, pool_size=1)
     with make_sessionmaker(engine)() as session:
         job_id = create_job(session, config, "bench", lines, JobOptions(limits=Limits())).job.id
@@ -175,6 +182,14 @@ def submit(config_path: Path, items: int) -> int:
     engine.dispose()
     dispatch.delay(job_id)
     return job_id
+
+
+def prompt_texts(prompts: Path | None, items: int) -> list[str]:
+    """``items`` prompts: the lines of a file, repeated as needed, or numbered questions."""
+    if prompts is None:
+        return [f"benchmark question {i}" for i in range(items)]
+    lines = [line for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [lines[i % len(lines)] for i in range(items)]
 
 
 def _cpu(procs: dict[int, str]) -> dict[str, float]:
@@ -216,32 +231,44 @@ def _wait(job_id: int, procs: dict[int, str]) -> dict[str, float]:
         engine.dispose()
 
 
-def _job_figures(job_id: int) -> tuple[int, list[float]]:
+@dataclass(frozen=True)
+class JobFigures:
+    calls: int
+    latency_s: list[float]  # per item, from its start (dispatch) to its answer
+    since_submit_s: list[float]  # per item, from the job's creation to its answer
+    call_s: float  # the calls' own latencies, summed: the provider's share of the work
+    completion_tokens: int
+    job_s: float  # from the job's creation to its end
+
+
+JOB_FIGURES = """
+SELECT (SELECT count(*) FROM calls c JOIN items i ON i.id = c.item_id WHERE i.job_id = :id),
+       (SELECT coalesce(sum(c.latency_ms), 0) FROM calls c JOIN items i ON i.id = c.item_id
+         WHERE i.job_id = :id),
+       (SELECT coalesce(sum(c.completion_tokens), 0) FROM calls c
+          JOIN items i ON i.id = c.item_id WHERE i.job_id = :id),
+       (SELECT extract(epoch FROM finished_at - created_at) FROM jobs WHERE id = :id)
+"""
+ITEM_TIMES = """
+SELECT extract(epoch FROM finished_at - started_at), extract(epoch FROM finished_at - created_at)
+  FROM items WHERE job_id = :id AND finished_at IS NOT NULL
+"""
+
+
+def job_figures(job_id: int) -> JobFigures:
     from sqlalchemy import create_engine, text
 
     from moa.settings import get_settings
 
     engine = create_engine(get_settings().effective_database_url)
     with engine.connect() as conn:
-        calls = conn.execute(
-            text(
-                "SELECT count(*) FROM calls c JOIN items i ON i.id = c.item_id WHERE i.job_id = :id"
-            ),
-            {"id": job_id},
-        ).scalar_one()
-        latencies = (
-            conn.execute(
-                text(
-                    "SELECT extract(epoch FROM finished_at - started_at) FROM items"
-                    " WHERE job_id = :id"
-                ),
-                {"id": job_id},
-            )
-            .scalars()
-            .all()
-        )
+        calls, call_ms, tokens, job_s = conn.execute(text(JOB_FIGURES), {"id": job_id}).one()
+        times = conn.execute(text(ITEM_TIMES), {"id": job_id}).all()
     engine.dispose()
-    return int(calls), [float(v) for v in latencies if v is not None]
+    return JobFigures(
+        int(calls), [float(t[0]) for t in times], [float(t[1]) for t in times],
+        float(call_ms) / 1000, int(tokens), float(job_s or 0),
+    )  # fmt: skip
 
 
 def asyncio_floor(sim_port: int, calls: int, concurrency: int = 32) -> tuple[float, float]:
@@ -270,6 +297,65 @@ def asyncio_floor(sim_port: int, calls: int, concurrency: int = 32) -> tuple[flo
     return time.perf_counter() - wall, 1000 * (time.process_time() - cpu) / calls
 
 
+LOCAL_QUESTIONS = """What is the capital of France?
+How many legs does a spider have?
+Which planet is the largest in our solar system?
+What gas do plants take in from the air?
+At what temperature does water boil at sea level?
+Who wrote Romeo and Juliet?
+What is the largest ocean on Earth?
+How many days are in a leap year?
+What is the chemical symbol for gold?
+Which animal is known as the king of the jungle?
+How many continents are there?
+What is the freezing point of water in Celsius?
+Which organ pumps blood through the body?
+What is the tallest mountain in the world?
+How many minutes are in an hour?
+What color do you get by mixing blue and yellow?
+Which metal is liquid at room temperature?
+What is the square root of 81?
+Which language has the most native speakers?
+What do bees make?
+"""
+
+
+def local_config(path: Path, max_tokens: int = 64) -> Path:
+    """One call an item to the bundled model, deterministic, so both sides see the same text.
+    (Temperature 0 turns the response cache on: run each prompt once per stack.)"""
+    path.write_text(
+        "[presets.bench]\n"
+        f'aggregator = {{ model = "local", temperature = 0.0, max_tokens = {max_tokens} }}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def local_direct(config_path: Path, prompts: list[str]) -> tuple[float, int]:
+    """The pipeline's own requests sent straight to llama.cpp, one after another (its server
+    answers one at a time): (wall s, completion tokens)."""
+    from moa.settings import get_settings, load_moa_config
+    from pipeline.prompts import Message
+    from pipeline.providers import make_provider
+
+    config = load_moa_config(get_settings(), config_path)
+    call = config.preset("bench").aggregator
+    model = config.models[call.model]
+    spec = config.providers[model.provider]
+    tokens = 0
+    with httpx.Client(timeout=spec.timeout_s) as client:
+        provider = make_provider(spec, client)
+        started = time.perf_counter()
+        for prompt in prompts:
+            messages: list[Message] = [{"role": "user", "content": prompt}]
+            body = provider.body(model.model, messages, call.temperature, call.max_tokens,
+                                 stream=False)  # fmt: skip
+            response = client.post(spec.base_url.rstrip("/") + provider.path, json=body)
+            response.raise_for_status()
+            tokens += int(response.json()["usage"]["completion_tokens"])
+        return time.perf_counter() - started, tokens
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -294,4 +380,4 @@ def summary(run: Run) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # the submitting process of run_job
-    print(submit(Path(sys.argv[1]), int(sys.argv[2])))
+    print(submit(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]) if sys.argv[3:] else None))
