@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +13,7 @@ from sqlalchemy.orm import Session
 from db.models import Call, Item, Job
 from moa.jobs import UNFINISHED, reopen
 from moa.simulator import SimServer
-from tests.conftest import Services, WorkerPools, wait_for
+from tests.conftest import WorkerPools, wait_for
 
 CONFIG = """
 [providers.slow]
@@ -157,54 +155,6 @@ def pools_answer(workers: WorkerPools, revived: list[str]) -> bool:
     replies = app.control.ping(timeout=0.5) or []
     seen = {name.split("@")[0].rsplit("-", 1)[-1] for reply in replies for name in reply}
     return seen >= pids
-
-
-GHOST_AFTER_S = 10.0  # 5 x the provider timeout: no task begun without a broker runs so long
-
-
-def busy(services: Services, workers: WorkerPools, back_at: float) -> str | None:
-    """What still moves, or None: nothing queued, and no worker runs, holds or schedules a
-    task, so nothing more will happen by itself (a message Valkey still counts as
-    unacknowledged only comes back after the visibility timeout, an hour).
-
-    A task that ran while its worker had no broker, and could not store its result, stays
-    listed as active by its worker for good: one begun before every worker was connected
-    again (``back_at``) and still listed well after is such a ghost, not work in progress."""
-    from workers.app import app
-
-    def running(task: dict[str, Any]) -> bool:
-        began = task.get("time_start") or time.time()
-        return bool(began >= back_at or time.time() < back_at + GHOST_AFTER_S)
-
-    if not queues_empty(services.redis_url):
-        return "messages queued"
-    expected = len(workers.procs)
-    inspect = app.control.inspect(timeout=1.0, limit=expected)
-    active = inspect.active() or {}
-    if len(active) < expected:
-        return f"active: {len(active)} of {expected} workers replied"
-    tasks = [(t.get("name"), t.get("args")) for ts in active.values() for t in ts if running(t)]
-    if tasks:
-        return f"active: {tasks}"
-    for method in (inspect.reserved, inspect.scheduled):
-        replies = method() or {}
-        if len(replies) < expected or any(replies.values()):
-            return f"{method.__name__}: {replies}"
-    return None if queues_empty(services.redis_url) else "messages queued"
-
-
-def wait_idle(services: Services, workers: WorkerPools, back_at: float) -> None:
-    seen = [0, ""]
-
-    def twice() -> bool:  # two looks in a row: nothing slipped between them
-        reason = busy(services, workers, back_at)
-        seen[0], seen[1] = (0, reason) if reason else (seen[0] + 1, "")
-        return seen[0] >= 2
-
-    try:
-        wait_for(twice, 90, "the workers to go idle")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last seen: {seen[1]}") from None
 
 
 def unacked(redis_url: str) -> int:

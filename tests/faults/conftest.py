@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from sqlalchemy import Engine
 
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import WorkerPools, questions, start_job
+from tests.conftest import ROOT, Services, WorkerPools, questions, start_job
 from tests.faults.common import CONFIG, ITEMS
 
 
@@ -33,3 +35,16 @@ def start(
         return start_job(engine, config, "lite", questions(ITEMS, prefix))
 
     return _start
+
+
+@pytest.fixture(scope="module")
+def beat(services: Services) -> Iterator[None]:
+    """Celery beat, as `moa up` runs it, sweeping every 2 s for items quiet for 10 s."""
+    log = (services.home / "beat.log").open("ab")
+    env = services.env(MOA_SWEEP_INTERVAL_S="2", MOA_STALL_AFTER_S="10")
+    proc = subprocess.Popen([sys.executable, "-m", "moa.cli", "beat"], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # fmt: skip
+    log.close()
+    yield
+    proc.terminate()
+    proc.wait(timeout=20)

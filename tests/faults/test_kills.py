@@ -8,8 +8,6 @@ it belonged to, as it does in production."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from sqlalchemy import Engine
 
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import ROOT, Services, WorkerPools, questions, start_job
+from tests.conftest import WorkerPools, questions, start_job
 from tests.faults.common import (
     AGGREGATOR_THREADS,
     CONFIG,
@@ -41,19 +39,6 @@ retry_base_s = 0.05
 retry_cap_s = 0.5
 breaker_reset_s = 0.5
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def beat(services: Services) -> Iterator[None]:
-    """Celery beat, as `moa up` runs it, sweeping every 2 s for items quiet for 10 s."""
-    log = (services.home / "beat.log").open("ab")
-    env = services.env(MOA_SWEEP_INTERVAL_S="2", MOA_STALL_AFTER_S="10")
-    proc = subprocess.Popen([sys.executable, "-m", "moa.cli", "beat"], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # fmt: skip
-    log.close()
-    yield
-    proc.terminate()
-    proc.wait(timeout=20)
 
 
 @pytest.fixture
@@ -85,7 +70,7 @@ def storm_sim() -> Iterator[SimServer]:
 
 
 def test_a_proposer_pool_killed_in_a_provider_storm_is_replaced_and_the_job_finishes(
-    engine: Engine, workers, replaced, storm_sim, tmp_path: Path, capsys
+    engine: Engine, workers, replaced, beat, storm_sim, tmp_path: Path, capsys
 ):
     path = tmp_path / "moa.toml"
     lines = CONFIG.replace("SIM_URL", storm_sim.base_url).splitlines()
@@ -116,7 +101,7 @@ def test_a_proposer_pool_killed_in_a_provider_storm_is_replaced_and_the_job_fini
 
 
 def test_a_killed_aggregator_pool_is_replaced_and_each_layer_closes_once(
-    engine: Engine, workers, replaced, start, slow_sim, capsys
+    engine: Engine, workers, replaced, beat, start, slow_sim, capsys
 ):
     job_id = start("agg")
     midway(engine, job_id)  # items finish in the aggregator pool: it is busy now
