@@ -54,8 +54,10 @@ class Stack:
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         up = ["up", "--local-model"] if self.local_model else ["up"]
-        subprocess.run([sys.executable, "-m", "moa.cli", *up], env=self.env, check=True,
-                       capture_output=True)  # fmt: skip
+        started = subprocess.run([sys.executable, "-m", "moa.cli", *up], env=self.env,
+                                 capture_output=True, text=True)  # fmt: skip
+        if started.returncode:
+            raise RuntimeError(f"moa {' '.join(up)} failed: {started.stderr[-2000:]}")
         wait_until(lambda: port_open(self.sim_port), 30, "the simulator")
 
     def stop(self) -> None:
