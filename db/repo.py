@@ -675,13 +675,21 @@ _ADD_SPEND = (
 )
 
 
-def add_spend(
-    session: Session, job_id: int, cost: Decimal, prompt_tokens: int, completion_tokens: int
-) -> Spend:
-    """Add a paid call to its job's running totals, so budgets and progress see it at once."""
-    values = {"job_id": job_id, "cost": cost, "prompt_tokens": prompt_tokens,
-              "completion_tokens": completion_tokens}  # fmt: skip
-    return Spend(*session.execute(_ADD_SPEND, values).one())
+# The answer and its job's running totals in one round trip: the call's update rides along as
+# a data-modifying CTE (PostgreSQL runs it whether or not the outer statement reads it).
+_COMPLETE_AND_SPEND = _ADD_SPEND.add_cte(_COMPLETE.cte("completed"))
+
+
+def complete_and_spend(session: Session, call_id: int, job_id: int, **answer: Any) -> Spend:
+    """Record a paid call's answer and add it to its job's running totals (so budgets and
+    progress see it at once), in one statement."""
+    values = {
+        "call_id": call_id, "job_id": job_id, "output": answer["output"],
+        "prompt_tokens": answer["prompt_tokens"], "completion_tokens": answer["completion_tokens"],
+        "usage_estimated": answer["usage_estimated"], "cost": answer["cost"], "cached": False,
+        "latency_ms": answer["latency_ms"], "entry": [answer["attempt"]],
+    }  # fmt: skip
+    return Spend(*session.execute(_COMPLETE_AND_SPEND, values).one())
 
 
 def fail_call(

@@ -144,17 +144,14 @@ def _send(task: Task, attempt: Attempt, permit: Permit, key: str | None) -> Outc
     )
     latency = _ms_since(clock)
     with resources.sessions().begin() as session:
-        repo.complete_call(
-            session, attempt.call_id, output=completion.text,
+        spend = repo.complete_and_spend(
+            session, attempt.call_id, attempt.job_id, output=completion.text,
             prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
             usage_estimated=not completion.usage_reported, cost=cost, latency_ms=latency,
             attempt=repo.attempt_entry(
                 attempt.claim.attempt, started, latency, "ok", worker=_hostname(task)
             ),
         )  # fmt: skip
-        spend = repo.add_spend(
-            session, attempt.job_id, cost, completion.prompt_tokens, completion.completion_tokens
-        )
         if key is not None:
             repo.cache_response(
                 session, key, provider=attempt.spec.name, model=model.model,
