@@ -11,9 +11,15 @@ import pytest
 from pipeline.evalsets import EvalDataError, load_eval_set, read_baseline_answers
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "data" / "eval"
+# The published sets are not ours to ship: CI has them beside the checkout; a clone of the
+# project alone reports these two tests as skipped, saying why.
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"the shared evaluation data is not at {SHARED}"
+)
 QUICK = Path(__file__).parents[2] / "moa" / "data" / "eval_quick.jsonl"
 
 
+@needs_shared
 def test_alpaca_eval_has_805_instructions_each_with_the_qwen_baseline() -> None:
     data = load_eval_set(SHARED / "alpaca_eval_805_with_qwen1.5-72b-chat_outputs.json")
 
@@ -25,6 +31,7 @@ def test_alpaca_eval_has_805_instructions_each_with_the_qwen_baseline() -> None:
     assert len(data.digest()) == 64
 
 
+@needs_shared
 def test_mt_bench_has_80_two_turn_questions_with_references_beside_them() -> None:
     data = load_eval_set(SHARED / "mt_bench_questions.jsonl")
 
