@@ -65,8 +65,9 @@ def create_job(
     snapshot = config.snapshot(preset)  # raises ConfigError for an unknown preset
     if options.stream_final:
         snapshot["stream_final"] = True
-    if options.budget is not None and options.budget <= 0:
-        raise InputError([LineError(0, f"the budget must be positive, not {options.budget}")])
+    budget = options.budget  # NaN and Infinity are Decimals too; NaN cannot even be compared
+    if budget is not None and not (budget.is_finite() and budget > 0):
+        raise InputError([LineError(0, f"the budget must be positive, not {budget}")])
     digest = _Digest(preset, options)
     if options.idempotency_key:
         existing = repo.job_by_key(session, options.tenant, options.idempotency_key)
