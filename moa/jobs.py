@@ -241,4 +241,5 @@ def job_record(job: Job) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "error": job.error,
+        "metadata": job.metadata_ or {},  # e.g. which pipeline run or eval a job belongs to
     }

@@ -72,6 +72,7 @@ def test_list_run_force_and_history(services, workers, sim, tmp_path, api_server
     with api_server.client(key) as client:
         job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "completed" and job["request_counts"]["completed"] == 2
+    assert job["metadata"]["pipeline"] == "tickets" and job["metadata"]["phase"] == "map"
 
 
 def test_unknown_pipeline_and_missing_folder_are_clear_errors(services, tmp_path, sim):
