@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, func, or_, select, update
+from sqlalchemy import DateTime, Row, Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -305,20 +305,47 @@ def _item_usage(item_id: int) -> tuple[Any, Any, Any]:
     return total(Call.prompt_tokens), total(Call.completion_tokens), total(Call.cost)
 
 
+_RESTARTED_AT = Item.notes["restarted_at"].astext.cast(DateTime(timezone=True))
+
+
+def mark_restarted(session: Session, item_ids: Sequence[int]) -> None:
+    """Note on each item when the sweeper restarted it: `moa trace` shows it, and the
+    sweeper leaves the item alone for another quiet period."""
+    if item_ids:
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(item_ids))
+            .values(notes=Item.notes.op("||")(func.jsonb_build_object("restarted_at", func.now())))
+        )
+
+
+def stalled_endings(session: Session, stall_after_s: float) -> list[int]:
+    """Jobs left finalizing or cancelling for ``stall_after_s`` since their last item ended:
+    the finalize message that settles them was lost."""
+    last_item = select(func.max(Item.finished_at)).where(Item.job_id == Job.id).scalar_subquery()
+    quiet_since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stall_after_s)
+    query = select(Job.id).where(
+        Job.status.in_(("finalizing", "cancelling")),
+        func.greatest(Job.created_at, Job.started_at, last_item) < quiet_since,
+    )
+    return list(session.scalars(query))
+
+
 def stalled_items(
     session: Session, stall_after_s: float, limit: int
 ) -> Sequence[Row[int, int, int]]:
     """(item id, job id, layer) of in-progress items of running jobs that nothing has moved
-    for ``stall_after_s``: no call is being made or waits for a retry, and no call began or
-    ended since. Their messages were lost; a call waiting for a retry is left to its task."""
+    for ``stall_after_s``: no call is being made or waits for a retry that is due (each
+    holds a lease: the call's timeout, or its wait and a grace), no call began or ended
+    since, and the sweeper has not restarted the item since. Their messages were lost."""
     live = (
         select(Call.id)
         .where(
             Call.item_id == Item.id,
             or_(
-                Call.status.in_(("pending", "retrying")),
-                (Call.status == "running")
-                & (Call.lease_until.is_(None) | (Call.lease_until >= func.now())),
+                Call.status.in_(("running", "retrying", "pending"))
+                & (Call.lease_until >= func.now()),
+                (Call.status == "running") & Call.lease_until.is_(None),
             ),
         )
         .exists()
@@ -333,7 +360,7 @@ def stalled_items(
         select(Item.id, Item.job_id, Item.layer)
         .join(Job, Job.id == Item.job_id)
         .where(Item.status == "in_progress", Job.status == "in_progress", ~live)
-        .where(func.greatest(Item.started_at, last_call) < quiet_since)
+        .where(func.greatest(Item.started_at, last_call, _RESTARTED_AT) < quiet_since)
         .order_by(Item.id)
         .limit(limit)
     )
@@ -448,6 +475,11 @@ def reopen_items(session: Session, job_id: int, statuses: Sequence[str]) -> int:
     fresh set of attempts.
     """
     items = select(Item.id).where(Item.job_id == job_id, Item.status.in_(statuses))
+    session.execute(  # calls a cancel settled unfinished are tried again, afresh
+        update(Call)
+        .where(Call.item_id.in_(items), Call.error_code == "abandoned")
+        .values(status="pending", attempt=0, finished_at=None)
+    )
     if "failed" in statuses:
         failed_items = select(Item.id).where(Item.job_id == job_id, Item.status == "failed")
         session.execute(
@@ -611,7 +643,7 @@ _FAIL = (
         error=bindparam("message"),
         latency_ms=bindparam("latency_ms"),
         attempts=_ATTEMPTS_PLUS,
-        lease_until=None,
+        lease_until=bindparam("lease_until"),
         finished_at=bindparam("finished_at"),
     )
 )
@@ -698,26 +730,38 @@ def fail_call(
     *,
     code: str,
     message: str,
-    final: bool,
     latency_ms: int | None,
     attempt: dict[str, Any],
+    retry_in_s: float | None,
 ) -> None:
+    """A failed attempt: final, or (``retry_in_s``) the call waits for its retry."""
+    final = retry_in_s is None
     session.execute(
         _FAIL,
         {
             "call_id": call_id, "status": "failed" if final else "retrying", "code": code,
             "message": message, "latency_ms": latency_ms, "entry": [attempt],
             "finished_at": datetime.now(UTC) if final else None,
+            "lease_until": None if retry_in_s is None else _wait_lease(retry_in_s),
         },
     )  # fmt: skip
 
 
-def release_call(session: Session, call_id: int) -> None:
+WAIT_GRACE_S = 60.0  # a retry due now may still sit in a queue a while
+
+
+def _wait_lease(wait_s: float) -> datetime:
+    """Until when a call waiting ``wait_s`` for its retry counts as in hand (the sweeper
+    leaves it alone); past it, the retry's message was lost."""
+    return datetime.now(UTC) + timedelta(seconds=wait_s + WAIT_GRACE_S)
+
+
+def release_call(session: Session, call_id: int, wait_s: float) -> None:
     """Give a claimed call back untried (a shared limit said wait): no attempt is counted."""
     session.execute(
         update(Call)
         .where(Call.id == call_id, Call.status == "running")
-        .values(status="pending", attempt=Call.attempt - 1, lease_until=None)
+        .values(status="pending", attempt=Call.attempt - 1, lease_until=_wait_lease(wait_s))
     )
 
 

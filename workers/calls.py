@@ -120,8 +120,9 @@ def attempt_call(task: Task, attempt: Attempt) -> Outcome:
     permit = resources.gate().enter(attempt.spec, attempt.model, tokens + attempt.agent.max_tokens)
     if isinstance(permit, float):
         with resources.sessions().begin() as session:
-            repo.release_call(session, attempt.call_id)
-        raise task.retry(countdown=permit + random.uniform(0, 0.25))
+            wait = permit + random.uniform(0, 0.25)
+            repo.release_call(session, attempt.call_id, wait)
+        raise task.retry(countdown=wait)
     return _send(task, attempt, permit, key)
 
 
@@ -235,7 +236,7 @@ def _failed(
     with resources.sessions().begin() as session:
         repo.fail_call(
             session, attempt.call_id, code=error.code, message=error.message,
-            final=delay is None, latency_ms=latency_ms, attempt=entry,
+            latency_ms=latency_ms, attempt=entry, retry_in_s=delay,
         )  # fmt: skip
     if delay is not None:
         log.info(

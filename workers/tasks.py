@@ -75,12 +75,17 @@ def sweep(stall_after_s: float) -> int:
     """Beat's check for items whose messages were lost: restart them where they stand."""
     with resources.sessions().begin() as session:
         stalled = repo.stalled_items(session, stall_after_s, SWEEP_LIMIT)
+        repo.mark_restarted(session, [row.id for row in stalled])
         plans = {job_id: _plan(session, job_id) for job_id in {row.job_id for row in stalled}}
+        ending = repo.stalled_endings(session, stall_after_s)
     for row in stalled:
         restart_item(plans[row.job_id], row.id, row.layer)
-    if stalled:
-        log.warning("restarted %d items nothing had moved for %ss", len(stalled), stall_after_s)
-    return len(stalled)
+    for job_id in ending:  # a finalize lost on its way: settling a job is idempotent
+        finalize.delay(job_id)
+    if stalled or ending:
+        log.warning("restarted %d items and %d job endings nothing had moved for %ss",
+                    len(stalled), len(ending), stall_after_s)  # fmt: skip
+    return len(stalled) + len(ending)
 
 
 @app.task(name="moa.dispatch", ignore_result=True, **DB_RETRY)
@@ -126,12 +131,15 @@ def finalize(self: Task, job_id: int) -> str | None:
             raise self.retry(countdown=WAIT_FOR_CALLS_S)
         status = repo.finalize_job(session, job_id)
         webhook = status is not None and job is not None and job.webhook_url is not None
+        ended = job is not None and job.status in ("completed", "failed", "cancelled")
         run_id = (job.metadata_ or {}).get("pipeline_run") if job is not None else None
     if webhook:
         from workers.webhooks import deliver_webhook
 
         deliver_webhook.delay(job_id)
-    if status is not None and run_id is not None:  # a pipeline run's job: move the run on
+    # A pipeline run's job moves the run on, on every delivery: a redelivered finalize must
+    # not lose the message a crash cut off (advancing a run is idempotent).
+    if ended and run_id is not None:
         app.send_task("moa.pipeline_advance", (run_id,))
     return status
 
