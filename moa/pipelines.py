@@ -36,7 +36,7 @@ from pipeline.chunking import (
     reduce_messages,
     split_text,
 )
-from pipeline.documents import DocumentError, read_document
+from pipeline.documents import DocumentError, parse_document
 from pipeline.errors import MoaError
 from pipeline.pipelines import PipelineSpec, spec_from_record
 from pipeline.reports import EXTENSIONS, Index, IndexEntry, Report, render_index, render_report
@@ -146,18 +146,31 @@ def scan(session: Session, spec: PipelineSpec, size: Sizing, force: bool) -> lis
     planned: list[Planned] = []
     for index, path in enumerate(matching_files(spec)):
         rel = path.relative_to(spec.source).as_posix()
-        data = path.read_bytes()
-        record: dict[str, Any] = {
-            "index": index, "path": rel, "sha256": hashlib.sha256(data).hexdigest(),
-        }  # fmt: skip
+        record: dict[str, Any] = {"index": index, "path": rel}
+        data = _read(path, record)
+        if data is None:
+            planned.append(Planned(record, []))
+            continue
+        record["sha256"] = hashlib.sha256(data).hexdigest()
         previous = known.get(rel)
         if not force and _unchanged(spec, previous, record["sha256"], fingerprint):
             assert previous is not None
             record.update(status="skipped", title=previous.title, report=previous.report_path)
             planned.append(Planned(record, []))
             continue
-        planned.append(_plan_document(spec, size, path, record))
+        planned.append(_plan_document(spec, size, path, data, record))
     return planned
+
+
+def _read(path: Path, record: dict[str, Any]) -> bytes | None:
+    """The file's bytes, read once (hashed and parsed alike); None, with the document
+    failed, when the OS refuses them: no permission, deleted since the glob, a dead link."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        error = f"cannot read the file: {exc.strerror or exc}"
+        record.update(status="failed", error=error, title=path.stem)
+        return None
 
 
 def matching_files(spec: PipelineSpec) -> list[Path]:
@@ -166,12 +179,18 @@ def matching_files(spec: PipelineSpec) -> list[Path]:
     found = []
     for path in spec.source.glob(spec.glob):
         rel = path.relative_to(spec.source)
-        if not path.is_file() or any(p.startswith(".") for p in rel.parts):
+        if not _is_document(path) or any(p.startswith(".") for p in rel.parts):
             continue
         if path.resolve().is_relative_to(output):
             continue
         found.append(path)
     return sorted(found)
+
+
+def _is_document(path: Path) -> bool:
+    """A file, or a link the glob picked whose file is gone: reading it fails, so the run
+    reports it rather than leaving it out unsaid. Folders and the like are not documents."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _unchanged(spec: PipelineSpec, previous: Any, sha256: str, fingerprint: str) -> bool:
@@ -184,9 +203,11 @@ def _unchanged(spec: PipelineSpec, previous: Any, sha256: str, fingerprint: str)
     )
 
 
-def _plan_document(spec: PipelineSpec, size: Sizing, path: Path, record: dict[str, Any]) -> Planned:
+def _plan_document(
+    spec: PipelineSpec, size: Sizing, path: Path, data: bytes, record: dict[str, Any]
+) -> Planned:
     try:
-        document = read_document(path)
+        document = parse_document(path.name, data)
     except DocumentError as exc:
         record.update(status="failed", error=str(exc), title=path.stem)
         return Planned(record, [])

@@ -65,6 +65,26 @@ instruction = "List the risks"
 preset = "docs"
 output = "race-reports"
 
+[pipelines.rough]
+source = "rough-docs"
+glob = "*.txt"
+instruction = "Summarize"
+preset = "docs"
+output = "rough-reports"
+
+[pipelines.longnames]
+source = "long-names"
+instruction = "Summarize"
+preset = "docs"
+output = "long-name-reports"
+format = "html"
+
+[pipelines.blocked]
+source = "blocked-docs"
+instruction = "Summarize"
+preset = "docs"
+output = "blocked-reports"
+
 [pipelines.beaty]
 source = "beat-docs"
 instruction = "List the risks"
@@ -271,3 +291,24 @@ def _beat_runs(engine: Any, finished: int) -> list[PipelineRun] | None:
         runs = list(session.scalars(query))
     done = [r for r in runs if r.finished_at is not None]
     return runs if len(done) >= finished else None
+
+
+def test_files_the_os_will_not_read_fail_alone(engine, workers, setup):
+    folder = setup.parent / "rough-docs"
+    folder.mkdir()
+    (folder / "fine.txt").write_text("A readable ticket.", encoding="utf-8")
+    # Tests may run as root, whom chmod 000 does not stop: a file that reads with EIO for
+    # anyone, and a link whose file was deleted after it was made.
+    (folder / "eio.txt").symlink_to("/proc/self/mem")
+    (folder / "gone.txt").symlink_to(folder / "deleted.txt")
+    (folder / "trap.txt").mkdir()  # a folder named like a document is not one
+
+    run = _finished(engine, _start(engine, setup, "rough"))
+
+    docs = _by_path(run)
+    assert sorted(docs) == ["eio.txt", "fine.txt", "gone.txt"]
+    assert (run.status, run.processed, run.failed) == ("completed", 1, 2)
+    assert docs["eio.txt"]["error"] == "cannot read the file: Input/output error"
+    assert docs["gone.txt"]["error"] == "cannot read the file: No such file or directory"
+    index = (setup.parent / "rough-reports" / "index.md").read_text()
+    assert "Input/output error" in index and "No such file or directory" in index
