@@ -116,6 +116,8 @@ def _print_run(run: PipelineRun) -> None:
         f"run {run.id} {run.status}: {run.processed} processed, {run.skipped} skipped, "
         f"{run.failed} failed, {money(run.cost)}"
     )
+    if run.error:
+        console.print(f"[red]run failed[/]: {escape(run.error)}")
     for path, error in record["errors"].items():
         console.print(f"[red]failed[/] {escape(path)}: {escape(error)}")
     if run.index_path:
