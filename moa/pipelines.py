@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db import pipelines as runs
@@ -36,7 +38,7 @@ from pipeline.chunking import (
     reduce_messages,
     split_text,
 )
-from pipeline.documents import DocumentError, read_document
+from pipeline.documents import DocumentError, parse_document
 from pipeline.errors import MoaError
 from pipeline.pipelines import PipelineSpec, spec_from_record
 from pipeline.reports import EXTENSIONS, Index, IndexEntry, Report, render_index, render_report
@@ -45,6 +47,8 @@ from pipeline.tokens import count_tokens
 
 FINAL = ("completed", "failed", "cancelled")
 MIN_PART_TOKENS = 64  # a preset that leaves less room than this for text cannot run a pipeline
+
+log = logging.getLogger(__name__)
 
 
 class PipelineError(MoaError):
@@ -146,18 +150,31 @@ def scan(session: Session, spec: PipelineSpec, size: Sizing, force: bool) -> lis
     planned: list[Planned] = []
     for index, path in enumerate(matching_files(spec)):
         rel = path.relative_to(spec.source).as_posix()
-        data = path.read_bytes()
-        record: dict[str, Any] = {
-            "index": index, "path": rel, "sha256": hashlib.sha256(data).hexdigest(),
-        }  # fmt: skip
+        record: dict[str, Any] = {"index": index, "path": rel}
+        data = _read(path, record)
+        if data is None:
+            planned.append(Planned(record, []))
+            continue
+        record["sha256"] = hashlib.sha256(data).hexdigest()
         previous = known.get(rel)
         if not force and _unchanged(spec, previous, record["sha256"], fingerprint):
             assert previous is not None
             record.update(status="skipped", title=previous.title, report=previous.report_path)
             planned.append(Planned(record, []))
             continue
-        planned.append(_plan_document(spec, size, path, record))
+        planned.append(_plan_document(spec, size, path, data, record))
     return planned
+
+
+def _read(path: Path, record: dict[str, Any]) -> bytes | None:
+    """The file's bytes, read once (hashed and parsed alike); None, with the document
+    failed, when the OS refuses them: no permission, deleted since the glob, a dead link."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        error = f"cannot read the file: {exc.strerror or exc}"
+        record.update(status="failed", error=error, title=path.stem)
+        return None
 
 
 def matching_files(spec: PipelineSpec) -> list[Path]:
@@ -166,12 +183,18 @@ def matching_files(spec: PipelineSpec) -> list[Path]:
     found = []
     for path in spec.source.glob(spec.glob):
         rel = path.relative_to(spec.source)
-        if not path.is_file() or any(p.startswith(".") for p in rel.parts):
+        if not _is_document(path) or any(p.startswith(".") for p in rel.parts):
             continue
         if path.resolve().is_relative_to(output):
             continue
         found.append(path)
     return sorted(found)
+
+
+def _is_document(path: Path) -> bool:
+    """A file, or a link the glob picked whose file is gone: reading it fails, so the run
+    reports it rather than leaving it out unsaid. Folders and the like are not documents."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _unchanged(spec: PipelineSpec, previous: Any, sha256: str, fingerprint: str) -> bool:
@@ -184,9 +207,11 @@ def _unchanged(spec: PipelineSpec, previous: Any, sha256: str, fingerprint: str)
     )
 
 
-def _plan_document(spec: PipelineSpec, size: Sizing, path: Path, record: dict[str, Any]) -> Planned:
+def _plan_document(
+    spec: PipelineSpec, size: Sizing, path: Path, data: bytes, record: dict[str, Any]
+) -> Planned:
     try:
-        document = read_document(path)
+        document = parse_document(path.name, data)
     except DocumentError as exc:
         record.update(status="failed", error=str(exc), title=path.stem)
         return Planned(record, [])
@@ -238,8 +263,28 @@ def advance_run(session: Session, run_id: int) -> Step:
             return Step(dispatch_job_id=reduce_job)
     else:
         _after_reduce(session, run, job)
-    write_outputs(session, run)
+    _finish(session, run)
     return Step(finished=True)
+
+
+def _finish(session: Session, run: PipelineRun) -> None:
+    """Write the outputs and end the run. Whatever stops that (the output folder or the
+    index cannot be written, a fault in rendering) ends the run failed with the reason: an
+    unfinished run would hold the pipeline's lock for good. Database errors are left to
+    the task's retries, as the transaction cannot record anything after them."""
+    try:
+        write_outputs(session, run)
+    except SQLAlchemyError:
+        raise
+    except Exception as exc:
+        log.exception("pipeline %s: run %s could not write its outputs", run.pipeline, run.id)
+        _end(run, "failed", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot write {exc.filename}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _after_map(session: Session, run: PipelineRun, job: Job) -> int | None:
@@ -308,7 +353,8 @@ def _end(run: PipelineRun, status: str, error: str | None = None) -> None:
 
 def write_outputs(session: Session, run: PipelineRun) -> None:
     """Write the answered documents' reports and the index, record them, end the run.
-    Files are overwritten whole, so a repeated attempt writes the same reports."""
+    Files are overwritten whole, so a repeated attempt writes the same reports. A report
+    that cannot be written fails its document; an index that cannot be written raises."""
     spec = spec_from_record(run.spec)
     ext = EXTENSIONS[spec.format]
     spec.output.mkdir(parents=True, exist_ok=True)
@@ -317,7 +363,6 @@ def write_outputs(session: Session, run: PipelineRun) -> None:
     entries = []
     for doc in documents:
         if doc["status"] == "answered":
-            doc.update(status="processed", report=f"{doc['path']}.{ext}")
             _write_report(session, run, spec, doc, usage)
         cost = usage.cost(doc) if doc["status"] == "processed" else Decimal(0)
         entries.append(_entry(doc, cost))
@@ -380,6 +425,7 @@ def _usage(session: Session, run: PipelineRun) -> _Usage:
 def _write_report(
     session: Session, run: PipelineRun, spec: PipelineSpec, doc: dict[str, Any], usage: _Usage
 ) -> None:
+    """Write an answered document's report: it is processed, or failed with the reason."""
     items = usage.items(doc)
     final = usage.reduced.get(str(doc["index"])) if doc["parts"] > 1 else items[0]
     assert final is not None
@@ -392,13 +438,20 @@ def _write_report(
         cost=usage.cost(doc), calls=sum(r.calls for r in items), parts=doc["parts"],
         run_id=run.id, generated_at=_now(),
     )  # fmt: skip
-    target = spec.output / doc["report"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_report(report, spec.format), encoding="utf-8")
+    relative = f"{doc['path']}.{EXTENSIONS[spec.format]}"
+    target = spec.output / relative
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_report(report, spec.format), encoding="utf-8")
+    except OSError as exc:  # e.g. a name too long once the extension is added
+        error = f"cannot write the report {target}: {exc.strerror or exc}"
+        doc.update(status="failed", error=error)
+        return
+    doc.update(status="processed", report=relative)
     runs.save_document(
         session, spec.name, doc["path"],
         {"sha256": doc["sha256"], "fingerprint": spec.fingerprint(), "title": report.title,
-         "report_path": doc["report"], "last_run_id": run.id, "error": None,
+         "report_path": relative, "last_run_id": run.id, "error": None,
          "cost": report.cost},
     )  # fmt: skip
 
@@ -419,5 +472,6 @@ def run_record(run: PipelineRun) -> dict[str, Any]:
         "index": run.index_path,
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "error": run.error,
         "errors": {d["path"]: d["error"] for d in run.documents if d.get("error")},
     }

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -120,7 +120,7 @@ def parse_pipeline(name: str, raw: Any, base: Path | None = None) -> PipelineSpe
     return PipelineSpec(
         name=name,
         source=_path(raw["source"], base, f"{where}: source"),
-        glob=_text(raw.get("glob", "**/*"), f"{where}: glob"),
+        glob=_glob(raw.get("glob", "**/*"), where),
         instruction=instruction,
         preset=_text(raw["preset"], f"{where}: preset"),
         output=_path(raw["output"], base, f"{where}: output"),
@@ -136,6 +136,18 @@ def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where} must be a non-empty string")
     return value.strip()
+
+
+def _glob(value: Any, where: str) -> str:
+    """A pattern under the source folder: Path.glob cannot take an absolute one, and '..'
+    would pick files outside the folder."""
+    glob = _text(value, f"{where}: glob")
+    if glob.startswith(("/", "~")) or ".." in PurePosixPath(glob).parts:
+        raise ConfigError(
+            f"{where}: glob {glob!r} must be relative to the source folder and stay inside it "
+            "(no leading '/' or '~', no '..'); point source at the folder instead"
+        )
+    return glob
 
 
 def _path(value: Any, base: Path | None, where: str) -> Path:

@@ -82,12 +82,23 @@ def pipelines_run(
             session.commit()
     except MoaError as exc:
         raise fail(str(exc)) from None
-    if started.run_id is None:
-        raise fail(f"run {started.active_run_id} of pipeline {name!r} is still in progress")
+    # Dispatches the new run's job, or nudges the active run as a beat tick does: its
+    # advance message may have been lost, and a pipeline with no schedule has no tick.
     after_start(started)
+    if started.run_id is None:
+        raise fail(_busy(name, started.active_run_id))
     console.print(f"pipeline {name}: run {started.run_id}, job {started.job_id}")
     if not no_wait:
         _wait_and_report(settings, started.run_id, timeout)
+
+
+def _busy(name: str, active_run_id: int | None) -> str:
+    if active_run_id is None:  # it ended between our claim and our look
+        return f"a run of pipeline {name!r} has just finished; run again"
+    return (
+        f"run {active_run_id} of pipeline {name!r} is still in progress; "
+        "nudged it to move on, run again once it has finished"
+    )
 
 
 def _wait_and_report(settings: Settings, run_id: int, timeout: float) -> None:
@@ -116,6 +127,8 @@ def _print_run(run: PipelineRun) -> None:
         f"run {run.id} {run.status}: {run.processed} processed, {run.skipped} skipped, "
         f"{run.failed} failed, {money(run.cost)}"
     )
+    if run.error:
+        console.print(f"[red]run failed[/]: {escape(run.error)}")
     for path, error in record["errors"].items():
         console.print(f"[red]failed[/] {escape(path)}: {escape(error)}")
     if run.index_path:

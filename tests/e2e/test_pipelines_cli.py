@@ -6,6 +6,10 @@ import re
 
 from sqlalchemy.orm import Session
 
+from db.models import PipelineRun
+from moa import pipelines
+from pipeline.specs import load_config
+from tests.conftest import wait_for
 from tests.e2e.test_cli import moa
 
 CONFIG = """
@@ -83,3 +87,40 @@ def test_unknown_pipeline_and_missing_folder_are_clear_errors(services, tmp_path
     missing = moa("pipelines", "run", "tickets", "--config", str(config), env=services.env())
     assert missing.returncode == 2 and "source folder" in missing.stdout
     assert "does not exist" in missing.stdout
+
+
+STALLED = """
+[pipelines.stalled]
+source = "stalled"
+instruction = "Say what the customer wants"
+preset = "quick"
+output = "stalled-out"
+"""
+
+
+def test_run_nudges_an_active_run_whose_message_was_lost(services, workers, sim, tmp_path, engine):
+    (tmp_path / "stalled").mkdir()
+    config = tmp_path / "moa.toml"
+    config.write_text(CONFIG.replace("SIM_URL", sim.base_url) + STALLED, encoding="utf-8")
+    env = services.env()
+    loaded = load_config(config)
+    with Session(engine) as session:  # a run with nothing to do waits for one advance ...
+        started = pipelines.start_run(session, loaded, loaded.pipeline("stalled"))
+        session.commit()
+    run_id = started.run_id  # ... whose message is lost: no schedule, no tick to resend it
+    assert run_id is not None and not started.has_items
+
+    refused = moa("pipelines", "run", "stalled", "--config", str(config), env=env)
+
+    assert refused.returncode == 2
+    assert f"run {run_id} of pipeline 'stalled' is still in progress" in refused.stdout
+    assert "nudged" in refused.stdout
+
+    def finished() -> bool:
+        with Session(engine) as session:
+            run = session.get(PipelineRun, run_id)
+            return run is not None and run.finished_at is not None
+
+    wait_for(finished, 30, f"the nudged run {run_id} to finish")
+    again = moa("pipelines", "run", "stalled", "--config", str(config), env=env)
+    assert again.returncode == 0 and "0 processed, 0 skipped, 0 failed" in again.stdout

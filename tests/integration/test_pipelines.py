@@ -65,6 +65,26 @@ instruction = "List the risks"
 preset = "docs"
 output = "race-reports"
 
+[pipelines.rough]
+source = "rough-docs"
+glob = "*.txt"
+instruction = "Summarize"
+preset = "docs"
+output = "rough-reports"
+
+[pipelines.longnames]
+source = "long-names"
+instruction = "Summarize"
+preset = "docs"
+output = "long-name-reports"
+format = "html"
+
+[pipelines.blocked]
+source = "blocked-docs"
+instruction = "Summarize"
+preset = "docs"
+output = "blocked-reports"
+
 [pipelines.beaty]
 source = "beat-docs"
 instruction = "List the risks"
@@ -271,3 +291,61 @@ def _beat_runs(engine: Any, finished: int) -> list[PipelineRun] | None:
         runs = list(session.scalars(query))
     done = [r for r in runs if r.finished_at is not None]
     return runs if len(done) >= finished else None
+
+
+def test_files_the_os_will_not_read_fail_alone(engine, workers, setup):
+    folder = setup.parent / "rough-docs"
+    folder.mkdir()
+    (folder / "fine.txt").write_text("A readable ticket.", encoding="utf-8")
+    # Tests may run as root, whom chmod 000 does not stop: a file that reads with EIO for
+    # anyone, and a link whose file was deleted after it was made.
+    (folder / "eio.txt").symlink_to("/proc/self/mem")
+    (folder / "gone.txt").symlink_to(folder / "deleted.txt")
+    (folder / "trap.txt").mkdir()  # a folder named like a document is not one
+
+    run = _finished(engine, _start(engine, setup, "rough"))
+
+    docs = _by_path(run)
+    assert sorted(docs) == ["eio.txt", "fine.txt", "gone.txt"]
+    assert (run.status, run.processed, run.failed) == ("completed", 1, 2)
+    assert docs["eio.txt"]["error"] == "cannot read the file: Input/output error"
+    assert docs["gone.txt"]["error"] == "cannot read the file: No such file or directory"
+    index = (setup.parent / "rough-reports" / "index.md").read_text()
+    assert "Input/output error" in index and "No such file or directory" in index
+
+
+def test_a_report_that_cannot_be_written_fails_its_document_and_the_run_ends(
+    engine, workers, setup
+):
+    folder, reports = setup.parent / "long-names", setup.parent / "long-name-reports"
+    folder.mkdir()
+    long_name = "n" * 248 + ".txt"  # 252 characters: a file name, but its report's (257) is not
+    (folder / long_name).write_text("A ticket with a long name.", encoding="utf-8")
+    (folder / "short.txt").write_text("A ticket with a short name.", encoding="utf-8")
+
+    first = _finished(engine, _start(engine, setup, "longnames"), timeout_s=30)
+
+    assert (first.status, first.processed, first.failed) == ("completed", 1, 1)
+    error = _by_path(first)[long_name]["error"]
+    assert error == f"cannot write the report {reports / long_name}.html: File name too long"
+    assert (reports / "short.txt.html").is_file()
+    assert "File name too long" in (reports / "index.html").read_text()
+    second = _finished(engine, _start(engine, setup, "longnames"), timeout_s=30)  # not locked
+    assert (second.status, second.skipped, second.failed) == ("completed", 1, 1)
+
+
+def test_an_index_that_cannot_be_written_ends_the_run_failed(engine, workers, setup):
+    folder, reports = setup.parent / "blocked-docs", setup.parent / "blocked-reports"
+    folder.mkdir()
+    (folder / "one.txt").write_text("A ticket.", encoding="utf-8")
+    (reports / "index.md").mkdir(parents=True)  # where the index goes
+
+    first = _finished(engine, _start(engine, setup, "blocked"), timeout_s=30)
+
+    assert (first.status, first.processed) == ("failed", 1)
+    assert first.error == f"cannot write {reports / 'index.md'}: Is a directory"
+    assert (reports / "one.txt.md").is_file()
+    (reports / "index.md").rmdir()
+    second = _finished(engine, _start(engine, setup, "blocked"), timeout_s=30)  # not locked
+    assert (second.status, second.skipped) == ("completed", 1)
+    assert (reports / "index.md").is_file()

@@ -75,6 +75,10 @@ def test_schedules(text: str, expected: Schedule) -> None:
         ({"schedule": "nightly"}, "neither a crontab"),
         ({"instruction": "  "}, "instruction must be a non-empty string"),
         ({"sourse": "typo"}, "unknown key(s) sourse"),
+        ({"glob": "/data/*.pdf"}, "glob '/data/*.pdf' must be relative"),
+        ({"glob": "../other/*.pdf"}, "glob '../other/*.pdf' must be relative"),
+        ({"glob": "in/../../*.txt"}, "glob 'in/../../*.txt' must be relative"),
+        ({"glob": "~/docs/*"}, "glob '~/docs/*' must be relative"),
     ],
 )
 def test_invalid_pipelines_are_named_in_the_error(change: dict[str, Any], message: str) -> None:
