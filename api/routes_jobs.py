@@ -35,7 +35,6 @@ from workers import resources
 router = APIRouter(prefix="/v1", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
-FINAL = ("completed", "failed", "cancelled")
 MAX_URL = 2000
 
 
@@ -287,7 +286,7 @@ def _event_stream(job_id: int, poll_s: float = 0.5) -> Iterator[bytes]:
                 yield _sse("item", _item_event(item))
             progress = {**job_record(job), "layers": repo.layer_mix(session, job_id)}
         yield _sse("progress", progress)
-        if job.status in FINAL:
+        if job.status in repo.JOB_ENDED:
             yield _sse("end", {"status": job.status})
             return
         time.sleep(poll_s)

@@ -305,6 +305,10 @@ def _item_usage(item_id: int) -> tuple[Any, Any, Any]:
     return total(Call.prompt_tokens), total(Call.completion_tokens), total(Call.cost)
 
 
+def _seconds_ago(seconds: float) -> Any:
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
 _RESTARTED_AT = Item.notes["restarted_at"].astext.cast(DateTime(timezone=True))
 
 
@@ -323,10 +327,9 @@ def stalled_endings(session: Session, stall_after_s: float) -> list[int]:
     """Jobs left finalizing or cancelling for ``stall_after_s`` since their last item ended:
     the finalize message that settles them was lost."""
     last_item = select(func.max(Item.finished_at)).where(Item.job_id == Job.id).scalar_subquery()
-    quiet_since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stall_after_s)
     query = select(Job.id).where(
         Job.status.in_(("finalizing", "cancelling")),
-        func.greatest(Job.created_at, Job.started_at, last_item) < quiet_since,
+        func.greatest(Job.created_at, Job.started_at, last_item) < _seconds_ago(stall_after_s),
     )
     return list(session.scalars(query))
 
@@ -355,12 +358,13 @@ def stalled_items(
         .where(Call.item_id == Item.id)
         .scalar_subquery()
     )
-    quiet_since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stall_after_s)
     query = (
         select(Item.id, Item.job_id, Item.layer)
         .join(Job, Job.id == Item.job_id)
         .where(Item.status == "in_progress", Job.status == "in_progress", ~live)
-        .where(func.greatest(Item.started_at, last_call, _RESTARTED_AT) < quiet_since)
+        .where(
+            func.greatest(Item.started_at, last_call, _RESTARTED_AT) < _seconds_ago(stall_after_s)
+        )
         .order_by(Item.id)
         .limit(limit)
     )
@@ -508,6 +512,7 @@ def reopen_items(session: Session, job_id: int, statuses: Sequence[str]) -> int:
 
 
 COUNTED = ("completed", "failed", "cancelled")  # the item statuses a job counts
+JOB_ENDED = ("completed", "failed", "cancelled")  # a job there changes no more by itself
 
 
 def _status_counts(session: Session, job_id: int) -> defaultdict[str, int]:

@@ -24,9 +24,8 @@ from typing import Any
 import httpx
 import psutil
 
+from db.repo import JOB_ENDED
 from moa.services import Managed, free_port, port_open, wait_until
-
-FINAL = ("completed", "failed", "cancelled")
 
 
 @dataclass
@@ -226,7 +225,7 @@ def _wait(job_id: int, procs: dict[int, str]) -> dict[str, float]:
                     continue
                 key = role if role != "postgres" else "postgres (largest backend)"
                 peak[key] = max(peak.get(key, 0.0), rss)
-            if status in FINAL:
+            if status in JOB_ENDED:
                 return peak
             time.sleep(0.5)
     finally:

@@ -45,7 +45,6 @@ QUICK_SET = Path(__file__).with_name("data") / "eval_quick.jsonl"
 QUICK_PRESETS = ("local-single", "local-self-moa")
 QUICK_JUDGE = "local"
 BOOTSTRAP_RESAMPLES = 2000
-FINAL = ("completed", "failed", "cancelled")
 
 
 class EvalError(MoaError):
@@ -368,7 +367,7 @@ class Evaluation:
             while True:
                 statuses = repo.job_statuses(session, job_ids)
                 session.rollback()  # no snapshot held while we sleep
-                if all(status in FINAL for status in statuses.values()):
+                if all(status in repo.JOB_ENDED for status in statuses.values()):
                     break
                 time.sleep(self.request.poll_s)
         bad = {j: s for j, s in statuses.items() if s != "completed"}

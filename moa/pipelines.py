@@ -45,7 +45,6 @@ from pipeline.reports import EXTENSIONS, Index, IndexEntry, Report, render_index
 from pipeline.specs import Config, config_from_snapshot
 from pipeline.tokens import count_tokens
 
-FINAL = ("completed", "failed", "cancelled")
 MIN_PART_TOKENS = 64  # a preset that leaves less room than this for text cannot run a pipeline
 
 log = logging.getLogger(__name__)
@@ -255,7 +254,7 @@ def advance_run(session: Session, run_id: int) -> Step:
     if job is None:
         _end(run, "failed", "the run's job is gone")
         return Step(finished=True)
-    if job.status not in FINAL:
+    if job.status not in repo.JOB_ENDED:
         return Step(dispatch_job_id=job.id)  # waiting; dispatching again is harmless
     if run.status == "mapping":
         reduce_job = _after_map(session, run, job)

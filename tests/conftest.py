@@ -323,17 +323,22 @@ def submit(engine: Engine, config: Any, workers: WorkerPools) -> Callable[..., i
     return _submit
 
 
+def wait_job_end(engine: Engine, job_id: int, timeout_s: float = 90) -> Any:
+    """Poll the job until it has ended (completed, failed or cancelled); return its row."""
+    from db.models import Job
+    from db.repo import JOB_ENDED
+
+    def ended() -> Job | None:
+        with Session(engine, expire_on_commit=False) as session:
+            job = session.get(Job, job_id)
+            return job if job is not None and job.status in JOB_ENDED else None
+
+    return wait_for(ended, timeout_s, f"job {job_id} to end")
+
+
 @pytest.fixture
 def wait_job(engine: Engine) -> Callable[..., Any]:
-    from db.models import Job
-
-    def _wait(job_id: int, timeout_s: float = 90) -> Job:
-        def finished() -> Job | None:
-            with Session(engine, expire_on_commit=False) as session:
-                job = session.get(Job, job_id)
-                done = job is not None and job.status in ("completed", "failed", "cancelled")
-                return job if done else None
-
-        return wait_for(finished, timeout_s, f"job {job_id} to finish")  # type: ignore[no-any-return]
+    def _wait(job_id: int, timeout_s: float = 90) -> Any:
+        return wait_job_end(engine, job_id, timeout_s)
 
     return _wait

@@ -131,7 +131,7 @@ def finalize(self: Task, job_id: int) -> str | None:
             raise self.retry(countdown=WAIT_FOR_CALLS_S)
         status = repo.finalize_job(session, job_id)
         webhook = status is not None and job is not None and job.webhook_url is not None
-        ended = job is not None and job.status in ("completed", "failed", "cancelled")
+        ended = job is not None and job.status in repo.JOB_ENDED
         run_id = (job.metadata_ or {}).get("pipeline_run") if job is not None else None
     if webhook:
         from workers.webhooks import deliver_webhook

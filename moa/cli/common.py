@@ -15,7 +15,6 @@ from moa.console import console
 from moa.settings import Settings
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="extra moa.toml")]
-FINAL = ("completed", "failed", "cancelled")
 
 
 def fail(message: str) -> typer.Exit:

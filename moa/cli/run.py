@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from moa.cli.common import FINAL, ConfigOption, fail, session_for
+from moa.cli.common import ConfigOption, fail, session_for
 from moa.console import console, cost_table
 from moa.export import money
 from moa.jobs import JobOptions, Limits, create_job
@@ -182,7 +182,7 @@ def wait(settings: Settings, job_id: int, total: int) -> None:
             done = job.completed + job.failed + job.cancelled
             progress.update(bar, completed=done, detail=detail)
             session.rollback()  # end the read transaction: no snapshot held while we sleep
-            if job.status in FINAL:
+            if job.status in repo.JOB_ENDED:
                 return
             time.sleep(0.5)
 

@@ -66,14 +66,6 @@ def midway(engine: Engine, job_id: int) -> Job:
     return job
 
 
-def wait_end(engine: Engine, job_id: int, timeout_s: float = 120) -> Job:
-    """Wait until the job has ended (completed or cancelled) and return it."""
-    ended = ("completed", "failed", "cancelled")
-    found = wait_for(lambda: (j := job_row(engine, job_id)).status in ended and j, timeout_s,
-                     f"job {job_id} to end")  # fmt: skip
-    return found  # type: ignore[no-any-return]
-
-
 def sim_count(sim: SimServer, model: str) -> int:
     stats = httpx.get(f"http://127.0.0.1:{sim.port}/_sim/stats").json()
     return int(stats["by_model"].get(model, 0))

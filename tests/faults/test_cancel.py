@@ -17,7 +17,7 @@ from db.models import Call, Item
 from moa.jobs import cancel
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import Services, WorkerPools, questions, start_job, wait_for
+from tests.conftest import Services, WorkerPools, questions, start_job, wait_for, wait_job_end
 from tests.faults.common import (
     CONFIG,
     ITEMS,
@@ -27,7 +27,6 @@ from tests.faults.common import (
     queues_empty,
     redeliver_unacked,
     unacked,
-    wait_end,
 )
 
 MIXED = {"429": 1, "500": 1, "503": 1, "malformed": 1, "disconnect": 1, "slow": 1, "hang": 1}
@@ -94,7 +93,7 @@ def test_a_cancel_during_a_fault_ends_the_job_and_nothing_calls_the_provider_aft
         from workers.tasks import finalize
 
         finalize.delay(job_id)
-        job = wait_end(engine, job_id)
+        job = wait_job_end(engine, job_id, timeout_s=120)
         settled = requests(sim)
 
         # Every message the fault left taken and unacknowledged is handed out again now (as

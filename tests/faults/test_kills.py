@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import WorkerPools, questions, start_job
+from tests.conftest import WorkerPools, questions, start_job, wait_job_end
 from tests.faults.common import (
     AGGREGATOR_THREADS,
     CONFIG,
@@ -27,7 +27,6 @@ from tests.faults.common import (
     assert_answered_once,
     midway,
     sim_count,
-    wait_end,
 )
 
 SHORT_VISIBILITY_S = 8  # a dead worker's messages are handed out again after this
@@ -81,7 +80,7 @@ def test_a_proposer_pool_killed_in_a_provider_storm_is_replaced_and_the_job_fini
 
     kill_and_replace(workers, "proposers", replaced)  # no resume: redelivery does it
 
-    job = wait_end(engine, job_id, timeout_s=240)
+    job = wait_job_end(engine, job_id, timeout_s=240)
     calls = assert_answered_once(engine, job, "storm")
     stats = httpx.get(f"http://127.0.0.1:{storm_sim.port}/_sim/stats").json()
     answered = stats["requests"] - stats["failures_injected"]
@@ -108,7 +107,7 @@ def test_a_killed_aggregator_pool_is_replaced_and_each_layer_closes_once(
 
     kill_and_replace(workers, "aggregators", replaced)
 
-    job = wait_end(engine, job_id, timeout_s=180)
+    job = wait_job_end(engine, job_id, timeout_s=180)
     calls = assert_answered_once(engine, job, "agg")
     assert len(calls) == ITEMS * len(KEYS)
     # Each layer was closed once: the proposers were asked exactly once per proposer call,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Item
 from moa.jobs import JobOptions, create_job
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_job_end
 from tests.faults.common import (
     ITEMS,
     KEYS,
@@ -24,7 +24,6 @@ from tests.faults.common import (
     pools_answer,
     report,
     resume,
-    wait_end,
 )
 
 
@@ -44,7 +43,7 @@ def test_a_valkey_restart_mid_job_heals_and_answers_every_item_once(
     # Tasks that were running when the broker went away met a closed connection (the gate,
     # the chord counter): their item stays in progress with no message left to move it, and
     # beat's sweeper restarts it once it has been quiet for 10 s. No operator.
-    job = wait_end(engine, job_id, timeout_s=180)
+    job = wait_job_end(engine, job_id, timeout_s=180)
     with Session(engine) as session:
         errors = Counter(session.scalars(
             select(Item.error).where(Item.job_id == job_id, Item.status == "failed")
@@ -54,7 +53,7 @@ def test_a_valkey_restart_mid_job_heals_and_answers_every_item_once(
               f"operator {dict(errors)}; pools started again: {revived or 'none'}")  # fmt: skip
     if job.failed:  # an item a broken connection failed outright: `moa jobs retry --failed`
         assert resume(engine, job_id) > 0
-        job = wait_end(engine, job_id)
+        job = wait_job_end(engine, job_id, timeout_s=120)
 
     calls = assert_answered_once(engine, job, "valkey")
     assert len(calls) == ITEMS * len(KEYS)
@@ -77,7 +76,7 @@ def test_a_postgres_restart_mid_job_is_retried_by_the_tasks_themselves(
 
     # No resume: a task that met the broken connection retried with backoff and redid its
     # work; the keyed calls and compare-and-set moves keep that from doubling anything.
-    job = wait_end(engine, job_id)
+    job = wait_job_end(engine, job_id, timeout_s=120)
     calls = assert_answered_once(engine, job, "pg")
     assert len(calls) == ITEMS * len(KEYS)
     report(capsys, "postgres restart", slow_sim)
