@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Header
-from limits import parse
+from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session
@@ -45,15 +45,19 @@ def db() -> Iterator[Session]:
         yield session
 
 
-def _tenant(session: Session, key: str) -> str | None:
-    digest = hash_key(key)
+def _tenant(session: Session, digest: str) -> str | None:
     cached = _tenants.get(digest)
     if cached and cached[1] > time.monotonic():
         return cached[0]
-    tenant = tenant_for_key(session, key)
+    tenant = tenant_for_key(session, digest)
     if tenant is not None:
         _tenants[digest] = (tenant, time.monotonic() + _KEY_CACHE_S)
     return tenant
+
+
+@lru_cache(maxsize=4)
+def _rate_item(text: str) -> RateLimitItem:
+    return parse(text)
 
 
 def _rate_limiter(url: str) -> MovingWindowRateLimiter:
@@ -70,14 +74,15 @@ def principal(
 ) -> Principal:
     """The tenant of a valid ``Authorization: Bearer KEY``; 401 otherwise, 429 over the limit."""
     scheme, _, key = (authorization or "").partition(" ")
-    tenant = _tenant(session, key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    digest = hash_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    tenant = _tenant(session, digest) if digest else None
     if tenant is None:
         raise ApiError(
             401, "unauthorized", "a valid API key is required: Authorization: Bearer KEY",
             headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
-    digest = hash_key(key.strip())
-    item = parse(config.api_rate_limit)
+    assert digest is not None
+    item = _rate_item(config.api_rate_limit)
     limiter = _rate_limiter(config.effective_redis_url)
     if not limiter.hit(item, "api", digest):
         reset = limiter.get_window_stats(item, "api", digest).reset_time

@@ -211,14 +211,14 @@ def get_job(job_id: JobId, caller: Caller, session: DB) -> dict[str, Any]:
 def cancel_job(job_id: JobId, caller: Caller, session: DB) -> dict[str, Any]:
     from workers.tasks import finalize
 
-    _job_or_404(session, caller.tenant, job_id)
+    job = _job_or_404(session, caller.tenant, job_id)
     try:
         cancel(session, job_id)
     except JobStateError as exc:
         raise ApiError(409, "not_cancellable", str(exc)) from None
     session.commit()
     finalize.delay(job_id)
-    return job_record(_job_or_404(session, caller.tenant, job_id))
+    return job_record(job)  # reloaded after the commit
 
 
 @router.get("/jobs/{job_id}/items")

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,6 +41,20 @@ def models(caller: Caller) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# One client (and its connection pool) per event loop of the API process, not per request.
+_stream_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stream_redis(url: str) -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    client = _stream_clients.get(loop)
+    if client is None:
+        client = _stream_clients[loop] = aioredis.from_url(url)
+    return client
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatRequest, caller: Caller, config: Config) -> Any:
     job_id, item_id = await run_in_threadpool(_create, config, caller.tenant, body)
@@ -47,7 +62,7 @@ async def chat_completions(body: ChatRequest, caller: Caller, config: Config) ->
     if not body.stream:
         item, job = await _wait(item_id)
         return _completion(completion_id, body.model, item, job)
-    pubsub = aioredis.from_url(config.effective_redis_url).pubsub()
+    pubsub = _stream_redis(config.effective_redis_url).pubsub()
     await pubsub.subscribe(f"moa:stream:{item_id}")  # before dispatch: no piece is missed
     await run_in_threadpool(_dispatch, job_id)
     return StreamingResponse(_chunks(pubsub, completion_id, body.model, item_id),

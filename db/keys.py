@@ -29,10 +29,11 @@ def create_key(session: Session, tenant: str) -> str:
     return key
 
 
-def tenant_for_key(session: Session, key: str) -> str | None:
+def tenant_for_key(session: Session, digest: str) -> str | None:
+    """The tenant of a live key, found by its ``hash_key`` digest."""
     query = (
         select(Tenant.name)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     )
     return session.scalars(query).first()
