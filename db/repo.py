@@ -883,15 +883,6 @@ def add_eval_verdicts(session: Session, run_id: int, rows: Sequence[dict[str, An
         session.execute(pg_insert(EvalVerdict), [{**row, "run_id": run_id} for row in rows])
 
 
-def eval_verdicts(session: Session, run_id: int) -> Sequence[EvalVerdict]:
-    query = (
-        select(EvalVerdict)
-        .where(EvalVerdict.run_id == run_id)
-        .order_by(EvalVerdict.preset, EvalVerdict.item, EvalVerdict.kind, EvalVerdict.id)
-    )
-    return session.scalars(query).all()
-
-
 def job_statuses(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
     rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
     return {job_id: status for job_id, status in rows}

@@ -27,6 +27,7 @@ from moa.stack import Stack
 from pipeline.errors import MoaError
 from pipeline.evalreport import Evidence, Pair, summarize
 from pipeline.evalsets import EvalItem, EvalSet, load_eval_set, read_baseline_answers
+from pipeline.evalstats import BOOTSTRAP_RESAMPLES
 from pipeline.exactmatch import is_correct
 from pipeline.judging import (
     Answers,
@@ -44,7 +45,6 @@ from pipeline.specs import Config, PresetSpec, single_preset, with_presets
 QUICK_SET = Path(__file__).with_name("data") / "eval_quick.jsonl"
 QUICK_PRESETS = ("local-single", "local-self-moa")
 QUICK_JUDGE = "local"
-BOOTSTRAP_RESAMPLES = 2000
 
 
 class EvalError(MoaError):
@@ -316,6 +316,10 @@ class Evaluation:
         spec = self.config.preset(name)
         models = sorted(f"{m} ({self.config.model(m).model})" for m in spec.model_names())
         mine = [row for row in rows if row["preset"] == name]
+        by_item: dict[str, list[dict[str, Any]]] = {}  # the pairwise verdicts, per item
+        for row in mine:
+            if row["kind"] == "pairwise":
+                by_item.setdefault(row["item"], []).append(row)
         evidence = Evidence(name, models, len(self.data.items), cost=run.cost,
                             is_baseline=name == self.baseline.preset)  # fmt: skip
         for item in self.data.items:
@@ -326,7 +330,8 @@ class Evaluation:
             evidence.lengths.append(sum(len(a) for a in given))
             if item.id in run.seconds:
                 evidence.latencies_s.append(run.seconds[item.id])
-            evidence.pairs.extend(_pairs(mine, item.id, given, self._base.get(item.id, ())))
+            pairwise = by_item.get(item.id, [])
+            evidence.pairs.extend(_pairs(pairwise, item.id, given, self._base.get(item.id, ())))
         evidence.ratings = [_float(r["value"]) for r in mine if r["kind"] == "rating"]
         evidence.exact = [r["value"] == "true" for r in mine if r["kind"] == "exact"]
         return evidence

@@ -113,8 +113,6 @@ def split_text(text: str, limit: int, model: str = "") -> list[str]:
     pieces with whitespace loses no word."""
     if limit < 1:
         raise ValueError(f"no room for any text (limit {limit} tokens)")
-    if count_tokens(text, model) <= limit:
-        return [text] if text.strip() else []
     return [c for c in _split(text, limit, model, 0) if c.strip()]
 
 

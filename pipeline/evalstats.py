@@ -46,8 +46,15 @@ class Interval:
     high: float
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
 def bootstrap_ci(
-    values: Sequence[float], *, seed: int = 0, resamples: int = 2000, level: float = 0.95
+    values: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
 ) -> Interval | None:
     """Percentile bootstrap interval of the mean of ``values``."""
     if not values:

@@ -140,7 +140,10 @@ def _pair_value(mark: str) -> str:
     return "tie" if upper in ("C", "TIE") else upper
 
 
-def parse_score(text: str, low: float = 1, high: float = 10) -> Verdict:
+SCORE_RANGE = (1.0, 10.0)  # MT-Bench's scale
+
+
+def parse_score(text: str) -> Verdict:
     """A 1-10 rating from a grading judge's reply, or an invalid verdict."""
     found = {float(m) for m in _SCORE_MARK.findall(text)}
     if not found:
@@ -148,6 +151,7 @@ def parse_score(text: str, low: float = 1, high: float = 10) -> Verdict:
     if not found and (bare := _SCORE_BARE.fullmatch(text)):
         found = {float(bare.group(1))}
     verdict = _one(found, text)
+    low, high = SCORE_RANGE
     if isinstance(verdict.value, float) and not low <= verdict.value <= high:
         return Verdict(None, f"rating {verdict.value:g} is outside {low:g}-{high:g}")
     return verdict
