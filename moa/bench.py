@@ -26,6 +26,7 @@ import psutil
 
 from db.repo import JOB_ENDED
 from moa.services import Managed, free_port, port_open, wait_until
+from moa.stack import WORKER_POOLS
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Stack:
     def processes(self) -> dict[int, str]:
         """Every process the pipeline runs on, by role (the simulator apart)."""
         found: dict[int, str] = {}
-        for name in ("worker-proposers", "worker-aggregators", "worker-control", "valkey"):
+        for name in (*(f"worker-{pool}" for pool in WORKER_POOLS), "valkey"):
             pid = Managed(name, self.home).pid()
             if pid:
                 found[pid] = name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -189,14 +188,11 @@ def wait(settings: Settings, job_id: int, total: int) -> None:
 
 def write_results(settings: Settings, job_id: int, out: Path) -> int:
     from db import repo
+    from moa.export import write_jsonl
     from moa.jobs import result_record
 
-    count = 0
     with session_for(settings) as session, out.open("w", encoding="utf-8") as handle:
-        for item in repo.iter_results(session, job_id):
-            handle.write(json.dumps(result_record(item), ensure_ascii=False) + "\n")
-            count += 1
-    return count
+        return write_jsonl((result_record(i) for i in repo.iter_results(session, job_id)), handle)
 
 
 def summary(settings: Settings, job_id: int) -> None:
