@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -855,6 +856,17 @@ class SimServer:
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        """Its counters, as ``GET /_sim/stats`` reports them."""
+        response = httpx.get(f"{self.base_url.removesuffix('/v1')}/_sim/stats")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def script(self, model: str, faults: list[str]) -> None:
+        """What the next requests for ``model`` meet (``POST /_sim/script``)."""
+        body = {"model": model, "faults": faults}
+        httpx.post(f"{self.base_url.removesuffix('/v1')}/_sim/script", json=body).raise_for_status()
 
     def start(self, timeout_s: float = 10.0) -> SimServer:
         if self._thread is not None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from redis import Redis
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from moa.services import Postgres, Valkey, free_port
@@ -27,6 +28,8 @@ from moa.simulator import SimConfig, SimServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # A recognisable provider key, given to the workers only through their environment.
+# Every fault kind the simulator injects, equally likely: a provider storm.
+MIXED = {"429": 1, "500": 1, "503": 1, "malformed": 1, "disconnect": 1, "slow": 1, "hang": 1}
 FAKE_KEY_ENV = "MOA_TEST_PROVIDER_KEY"
 FAKE_KEY = "sk-moatest-8c1f0e7d2b9a4c35b6e1d0f9a8b7c6d5"
 WEBHOOK_SECRET = "whsec-test-4b1d2c"
@@ -248,17 +251,17 @@ class WorkerPools:
         )  # fmt: skip
         log.close()
 
-    def wait_ready(self, timeout_s: float = 60) -> None:
+    def all_answer(self) -> bool:
+        """Every process of every pool answers a ping (worker names are POOL-PID@host)."""
         from workers.app import app
 
         pids = {str(proc.pid) for proc in self.procs.values()}
+        replies = app.control.ping(timeout=0.5) or []
+        seen = {name.split("@")[0].rsplit("-", 1)[-1] for reply in replies for name in reply}
+        return seen >= pids
 
-        def all_answer() -> bool:  # worker names are POOL-PID@host
-            replies = app.control.ping(timeout=0.5) or []
-            seen = {name.split("@")[0].rsplit("-", 1)[-1] for reply in replies for name in reply}
-            return seen >= pids
-
-        wait_for(all_answer, timeout_s, f"worker pools {sorted(self.procs)} to answer a ping")
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        wait_for(self.all_answer, timeout_s, f"worker pools {sorted(self.procs)} to answer a ping")
 
     def kill(self, pool: str) -> int:
         """SIGKILL every process of a pool, as a crash would; returns how many."""
@@ -321,6 +324,42 @@ def submit(engine: Engine, config: Any, workers: WorkerPools) -> Callable[..., i
         return start_job(engine, config, preset, rows, **options)
 
     return _submit
+
+
+def job_calls(session: Session, job_id: int) -> list[Any]:
+    """Every call row of a job, fresh from the database, in the order they were made."""
+    from db.models import Call, Item
+
+    query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
+    fresh = query.order_by(Call.id).execution_options(populate_existing=True)
+    return list(session.scalars(fresh))
+
+
+def queues_empty(redis_url: str) -> bool:
+    from workers.app import AGGREGATE_QUEUE, CONTROL_QUEUE, PROPOSE_QUEUE
+
+    with Redis.from_url(redis_url) as redis:
+        return not any(redis.llen(q) for q in (PROPOSE_QUEUE, AGGREGATE_QUEUE, CONTROL_QUEUE))
+
+
+def unacked(redis_url: str) -> int:
+    """Messages a worker took and has not acknowledged (kombu keeps them in this hash)."""
+    with Redis.from_url(redis_url) as redis:
+        return int(redis.hlen("unacked"))
+
+
+def redeliver_unacked(redis_url: str) -> None:
+    """Put every unacknowledged message back on its queue now, as the visibility timeout
+    would later: what a worker took and lost (killed, or cut off from the broker) runs again."""
+    from kombu import Connection
+
+    with Connection(redis_url, transport_options={"visibility_timeout": 0}) as conn:
+        conn.default_channel.qos.restore_visible(num=100_000)
+
+
+def drained(services: Services) -> bool:
+    """Nothing queued and nothing taken but unacknowledged: every task has run to its end."""
+    return queues_empty(services.redis_url) and unacked(services.redis_url) == 0
 
 
 def wait_job_end(engine: Engine, job_id: int, timeout_s: float = 90) -> Any:

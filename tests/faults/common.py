@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-import httpx
 import pytest
-from redis import Redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from db.models import Call, Item, Job
 from moa.jobs import UNFINISHED, reopen
 from moa.simulator import SimServer
-from tests.conftest import WorkerPools, wait_for
+from tests.conftest import WorkerPools, job_calls, wait_for
 
 CONFIG = """
 [providers.slow]
@@ -41,6 +39,7 @@ agents = [{ model = "proposer", samples = 3 }]
 """
 ITEMS = 30
 KEYS = [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0)]  # (layer, slot) of a lite item
+PROPOSER_THREADS = 8  # MOA_PROPOSER_CONCURRENCY of the test pools
 AGGREGATOR_THREADS = 4  # MOA_AGGREGATOR_CONCURRENCY of the test pools
 
 
@@ -67,8 +66,7 @@ def midway(engine: Engine, job_id: int) -> Job:
 
 
 def sim_count(sim: SimServer, model: str) -> int:
-    stats = httpx.get(f"http://127.0.0.1:{sim.port}/_sim/stats").json()
-    return int(stats["by_model"].get(model, 0))
+    return int(sim.stats()["by_model"].get(model, 0))
 
 
 def report(capsys: pytest.CaptureFixture[str], fault: str, sim: SimServer) -> None:
@@ -96,8 +94,7 @@ def assert_answered_once(engine: Engine, job: Job, prefix: str) -> list[Call]:
     assert (job.status, job.completed, job.failed, job.cancelled) == ("completed", ITEMS, 0, 0)
     with Session(engine) as session:
         items = list(session.scalars(select(Item).where(Item.job_id == job.id)))
-        query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job.id)
-        calls = list(session.scalars(query))
+        calls = job_calls(session, job.id)
     assert len(items) == ITEMS and all(i.status == "completed" for i in items)
     for item in items:
         question = item.messages[-1]["content"]
@@ -109,13 +106,6 @@ def assert_answered_once(engine: Engine, job: Job, prefix: str) -> list[Call]:
     assert all(c.status == "succeeded" and c.cost > 0 for c in calls)
     assert job.cost == sum(c.cost for c in calls)
     return calls
-
-
-def queues_empty(redis_url: str) -> bool:
-    from workers.app import AGGREGATE_QUEUE, CONTROL_QUEUE, PROPOSE_QUEUE
-
-    with Redis.from_url(redis_url) as redis:
-        return not any(redis.llen(q) for q in (PROPOSE_QUEUE, AGGREGATE_QUEUE, CONTROL_QUEUE))
 
 
 def client_reconnected() -> bool:
@@ -136,29 +126,9 @@ def pools_answer(workers: WorkerPools, revived: list[str]) -> bool:
     "Unrecoverable error" in kombu while it gives its unacknowledged messages back on the
     lost connection, and exits: as a supervisor would (compose's restart policy), start
     that pool again."""
-    from workers.app import app
-
     for name, proc in list(workers.procs.items()):
         if proc.poll() is not None:
             del workers.procs[name]
             workers.start(name.split("-", 1)[0], name=name)  # names are POOL or POOL-SUFFIX
             revived.append(name)
-    pids = {str(proc.pid) for proc in workers.procs.values()}
-    replies = app.control.ping(timeout=0.5) or []
-    seen = {name.split("@")[0].rsplit("-", 1)[-1] for reply in replies for name in reply}
-    return seen >= pids
-
-
-def unacked(redis_url: str) -> int:
-    """Messages a worker took and has not acknowledged (kombu keeps them in this hash)."""
-    with Redis.from_url(redis_url) as redis:
-        return int(redis.hlen("unacked"))
-
-
-def redeliver_unacked(redis_url: str) -> None:
-    """Put every unacknowledged message back on its queue now, as the visibility timeout
-    would later: what a worker took and lost (killed, or cut off from the broker) runs again."""
-    from kombu import Connection
-
-    with Connection(redis_url, transport_options={"visibility_timeout": 0}) as conn:
-        conn.default_channel.qos.restore_visible(num=100_000)
+    return workers.all_answer()

@@ -8,28 +8,33 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from db.models import Call, Item
+from db.models import Item
 from moa.jobs import cancel
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import Services, WorkerPools, questions, start_job, wait_for, wait_job_end
+from tests.conftest import (
+    MIXED,
+    Services,
+    WorkerPools,
+    drained,
+    job_calls,
+    questions,
+    redeliver_unacked,
+    start_job,
+    wait_for,
+    wait_job_end,
+)
 from tests.faults.common import (
     CONFIG,
     ITEMS,
     client_reconnected,
     midway,
     pools_answer,
-    queues_empty,
-    redeliver_unacked,
-    unacked,
 )
-
-MIXED = {"429": 1, "500": 1, "503": 1, "malformed": 1, "disconnect": 1, "slow": 1, "hang": 1}
 
 
 def kill_proposers(services: Services, workers: WorkerPools, engine: Engine) -> None:
@@ -66,14 +71,6 @@ FAULTS: dict[str, Callable[[Services, WorkerPools, Engine], None]] = {
 }
 
 
-def requests(sim: SimServer) -> int:
-    return int(httpx.get(f"http://127.0.0.1:{sim.port}/_sim/stats").json()["requests"])
-
-
-def drained(services: Services) -> bool:
-    return queues_empty(services.redis_url) and unacked(services.redis_url) == 0
-
-
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_cancel_during_a_fault_ends_the_job_and_nothing_calls_the_provider_after(
     fault: str, services, workers, engine: Engine, tmp_path: Path, capsys
@@ -94,19 +91,20 @@ def test_a_cancel_during_a_fault_ends_the_job_and_nothing_calls_the_provider_aft
 
         finalize.delay(job_id)
         job = wait_job_end(engine, job_id, timeout_s=120)
-        settled = requests(sim)
+        settled = sim.stats()["requests"]
 
         # Every message the fault left taken and unacknowledged is handed out again now (as
         # the visibility timeout would, later): each finds its item cancelled.
         redeliver_unacked(services.redis_url)
         wait_for(lambda: drained(services), 90, "every queued and taken message to be done")
-        assert requests(sim) == settled, "a task called the provider after the cancel settled"
+        assert sim.stats()["requests"] == settled, (
+            "a task called the provider after the cancel settled"
+        )
 
     assert (job.status, job.reason) == ("cancelled", "cancelled_by_user")
     with Session(engine) as session:
         statuses = Counter(session.scalars(select(Item.status).where(Item.job_id == job_id)))
-        query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
-        calls = list(session.scalars(query))
+        calls = job_calls(session, job_id)
     assert job.completed + job.failed + job.cancelled == ITEMS
     counts = {"completed": job.completed, "failed": job.failed, "cancelled": job.cancelled}
     assert statuses == {status: n for status, n in counts.items() if n}

@@ -12,26 +12,24 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import Engine
 
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import WorkerPools, questions, start_job, wait_job_end
+from tests.conftest import MIXED, WorkerPools, questions, start_job, wait_job_end
 from tests.faults.common import (
     AGGREGATOR_THREADS,
     CONFIG,
     ITEMS,
     KEYS,
+    PROPOSER_THREADS,
     assert_answered_once,
     midway,
     sim_count,
 )
 
 SHORT_VISIBILITY_S = 8  # a dead worker's messages are handed out again after this
-PROPOSER_THREADS = 8  # MOA_PROPOSER_CONCURRENCY of the test pools
-MIXED = {"429": 1, "500": 1, "503": 1, "malformed": 1, "disconnect": 1, "slow": 1, "hang": 1}
 STORM = """timeout_s = 1
 max_attempts = 15
 retry_base_s = 0.05
@@ -82,7 +80,7 @@ def test_a_proposer_pool_killed_in_a_provider_storm_is_replaced_and_the_job_fini
 
     job = wait_job_end(engine, job_id, timeout_s=240)
     calls = assert_answered_once(engine, job, "storm")
-    stats = httpx.get(f"http://127.0.0.1:{storm_sim.port}/_sim/stats").json()
+    stats = storm_sim.stats()
     answered = stats["requests"] - stats["failures_injected"]
     # The provider answered each call once, plus the calls the kill cut off in flight.
     assert len(calls) <= answered <= len(calls) + PROPOSER_THREADS

@@ -81,10 +81,6 @@ def test_single_preset_makes_one_call_with_the_query_alone(submit, wait_job, db,
     assert sent == [{"role": "user", "content": "Question 0: why is the sky blue?"}]
 
 
-def sim_count(sim: Any) -> int:
-    return int(httpx.get(f"http://127.0.0.1:{sim.port}/_sim/stats").json()["requests"])
-
-
 def test_a_repeated_header_task_returns_the_recorded_call_without_calling_again(
     engine, config, workers, db, sim
 ):
@@ -96,13 +92,13 @@ def test_a_repeated_header_task_returns_the_recorded_call_without_calling_again(
         job = create_job(session, config, "lite", [json.dumps(rows(1, "r")[0])]).job
         (item_id,) = repo.claim_queued_items(session, job.id, 1, 1)
         session.commit()
-    before = sim_count(sim)
+    before = sim.stats()["requests"]
 
     first = propose.delay(item_id, 1, 0).get(timeout=30)
     second = propose.delay(item_id, 1, 0).get(timeout=30)
 
     assert first == second
-    assert sim_count(sim) == before + 1
+    assert sim.stats()["requests"] == before + 1
     call = db.get(Call, first)
     assert (call.status, call.attempt) == ("succeeded", 1)
 
@@ -112,7 +108,7 @@ def test_duplicates_after_an_item_finished_change_nothing(submit, wait_job, db, 
 
     job = wait_job(submit(rows(2, "d"), "lite"))
     item = db.scalars(select(Item).where(Item.job_id == job.id, Item.position == 0)).one()
-    before = sim_count(sim)
+    before = sim.stats()["requests"]
     first = calls_of(db, item.id)
 
     # What at-least-once delivery can do: run a header task and callbacks again, late.
@@ -120,7 +116,7 @@ def test_duplicates_after_an_item_finished_change_nothing(submit, wait_job, db, 
     advance.delay(None, item.id, 1).get(timeout=30)
     advance.delay(None, item.id, 2).get(timeout=30)
 
-    assert sim_count(sim) == before
+    assert sim.stats()["requests"] == before
     db.expire_all()
     again = calls_of(db, item.id)
     assert [(c.id, c.attempt, c.cost, c.output) for c in again] == [

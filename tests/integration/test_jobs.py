@@ -18,7 +18,7 @@ from db.models import Call, Item, Job
 from moa.jobs import IdempotencyConflict, JobOptions, create_job, reopen
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import questions, start_job, wait_for
+from tests.conftest import drained, job_calls, questions, redeliver_unacked, start_job, wait_for
 
 CONFIG = """
 [providers.slow]
@@ -104,24 +104,12 @@ def job_row(engine, job_id: int) -> Job:
         return job
 
 
-def calls_of_job(db: Session, job_id: int) -> list[Call]:
-    db.expire_all()
-    query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
-    return list(db.scalars(query))
-
-
 def sim_count(sim: SimServer, model: str) -> int:
-    stats = httpx.get(f"http://127.0.0.1:{sim.port}/_sim/stats").json()
-    return int(stats["by_model"].get(model, 0))
-
-
-def barrier(start, wait_job) -> None:
-    """Run a small job to its end: every task queued before it has been taken by then."""
-    wait_job(start("agreeing", 1, prefix="barrier"))
+    return int(sim.stats()["by_model"].get(model, 0))
 
 
 def test_cancel_keeps_finished_results_and_stops_calling_the_provider(
-    engine, db, start, wait_job, slow_sim
+    engine, db, start, wait_job, slow_sim, services
 ):
     from moa.jobs import cancel
     from workers.tasks import finalize
@@ -142,20 +130,22 @@ def test_cancel_keeps_finished_results_and_stops_calling_the_provider(
         i.output
         for i in db.scalars(select(Item).where(Item.job_id == job_id, Item.status == "completed"))
     )
-    calls = calls_of_job(db, job_id)
+    calls = job_calls(db, job_id)
     assert not [c for c in calls if c.status == "running"]
     assert job.cost == sum(c.cost for c in calls)  # what ran after the cancel is counted too
     seen = sim_count(slow_sim, "slow-model")
-    barrier(start, wait_job)
+    # Every task queued or taken (now handed out again) has run to its end by now.
+    redeliver_unacked(services.redis_url)
+    wait_for(lambda: drained(services), 60, "the queues to drain")
     assert sim_count(slow_sim, "slow-model") == seen  # no orphan task called the provider
-    assert len(calls_of_job(db, job_id)) == len(calls)
+    assert len(job_calls(db, job_id)) == len(calls)
 
 
 def test_a_crashed_proposer_pool_and_a_resume_answer_every_item_once(
     engine, db, start, wait_job, workers, slow_sim
 ):
     job_id = start("slow-lite", 20, prefix="crash")
-    wait_for(lambda: len([c for c in calls_of_job(db, job_id) if c.status == "succeeded"]) >= 10,
+    wait_for(lambda: len([c for c in job_calls(db, job_id) if c.status == "succeeded"]) >= 10,
              60, "some calls to succeed")  # fmt: skip
     assert workers.kill("proposers") >= 1  # mid-job: chords lose their header tasks
     workers.start("proposers")
@@ -170,7 +160,7 @@ def test_a_crashed_proposer_pool_and_a_resume_answer_every_item_once(
 
     job = wait_job(job_id, timeout_s=120)
     assert (job.status, job.completed, job.failed) == ("completed", 20, 0)
-    calls = calls_of_job(db, job_id)
+    calls = job_calls(db, job_id)
     keys = Counter((c.item_id, c.layer, c.slot) for c in calls)
     assert len(keys) == 20 * 7 and set(keys.values()) == {1}
     assert all(c.status == "succeeded" and c.cost > 0 for c in calls)
@@ -181,7 +171,7 @@ def test_retry_failed_items_reuses_their_successful_calls(engine, db, start, wai
     from workers.tasks import dispatch
 
     script = {"model": "flaky-model", "faults": ["500", "500"]}
-    httpx.post(f"http://127.0.0.1:{fast_sim.port}/_sim/script", json=script).raise_for_status()
+    fast_sim.script(script["model"], script["faults"])
     job = wait_job(start("flaky", 4, prefix="flaky"))
     assert (job.completed, job.failed) == (2, 2)
     fast_before = sim_count(fast_sim, "fast-model")
@@ -195,7 +185,7 @@ def test_retry_failed_items_reuses_their_successful_calls(engine, db, start, wai
     assert (job.status, job.completed, job.failed) == ("completed", 4, 0)
     # The two items' fast proposals were reused; only their aggregators were new calls.
     assert sim_count(fast_sim, "fast-model") == fast_before + 2
-    flaky = [c for c in calls_of_job(db, job.id) if c.model == "flaky-model"]
+    flaky = [c for c in job_calls(db, job.id) if c.model == "flaky-model"]
     retried = [c for c in flaky if len(c.attempts) == 2]
     assert len(retried) == 2 and all(c.status == "succeeded" for c in flaky)
 
@@ -205,7 +195,7 @@ def test_a_budget_stops_the_job_within_the_calls_in_flight(engine, db, start, wa
     job = wait_job(start("slow-lite", 40, prefix="budget", budget=budget), timeout_s=120)
 
     assert (job.status, job.reason) == ("cancelled", "budget_exceeded")
-    calls = calls_of_job(db, job.id)
+    calls = job_calls(db, job.id)
     assert job.cost == sum(c.cost for c in calls) >= budget
     in_flight_bound = 8 + 4  # proposer and aggregator threads of the test pools
     assert job.cost - budget <= in_flight_bound * max(c.cost for c in calls)

@@ -12,7 +12,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -163,10 +162,6 @@ def _finished(engine: Any, run_id: int, timeout_s: float = 90) -> PipelineRun:
     return wait_for(done, timeout_s, f"pipeline run {run_id} to finish")  # type: ignore[no-any-return]
 
 
-def _requests(sim: SimServer) -> int:
-    return int(httpx.get(f"{sim.base_url.removesuffix('/v1')}/_sim/stats").json()["requests"])
-
-
 def _by_path(run: PipelineRun) -> dict[str, dict[str, Any]]:
     return {d["path"]: d for d in run.documents}
 
@@ -211,10 +206,10 @@ def test_folder_to_reports_then_incremental_runs(engine, workers, setup, sim):
         assert reduce_calls == 3  # the reduce step is MoA: two proposals, then the aggregator
         assert first.cost == map_job.cost + reduce_job.cost
 
-    before = _requests(sim)
+    before = sim.stats()["requests"]
     second = _finished(engine, _start(engine, setup, "nightly"))
     assert (second.processed, second.skipped, second.failed) == (0, 19, 1)
-    assert _requests(sim) == before  # nothing was sent
+    assert sim.stats()["requests"] == before  # nothing was sent
     with Session(engine) as session:
         empty = session.get(Job, second.map_job_id)
         assert empty is not None and (empty.status, empty.total) == ("completed", 0)
@@ -225,7 +220,7 @@ def test_folder_to_reports_then_incremental_runs(engine, workers, setup, sim):
     third = _finished(engine, _start(engine, setup, "nightly"))
     assert (third.processed, third.skipped, third.failed) == (1, 18, 1)
     assert [p for p, d in _by_path(third).items() if d["status"] == "processed"] == ["md-2.md"]
-    assert _requests(sim) == before + 3  # one document, one part, three calls
+    assert sim.stats()["requests"] == before + 3  # one document, one part, three calls
 
 
 def test_two_racing_starts_give_one_run(engine, workers, setup):

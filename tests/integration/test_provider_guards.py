@@ -6,48 +6,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from db.models import Call, Item
+from db.models import Item
 from moa.simulator import SimConfig, SimServer
 from pipeline.specs import load_config
-from tests.conftest import questions, start_job
-
-
-def item_calls(db: Session, job_id: int) -> list[Call]:
-    query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
-    return list(db.scalars(query.order_by(Call.id)))
-
-
-def sim_stats(sim: SimServer) -> dict[str, Any]:
-    return httpx.get(f"http://127.0.0.1:{sim.port}/_sim/stats").json()
+from tests.conftest import job_calls, questions, start_job
 
 
 def test_identical_temperature_zero_calls_are_answered_from_the_cache(submit, wait_job, db, sim):
-    before = sim_stats(sim)["by_model"].get("sim-cache", 0)
+    before = sim.stats()["by_model"].get("sim-cache", 0)
     first = wait_job(submit([{"custom_id": "a", "prompt": "Cache me: what is 6*7?"}], "cached"))
     second = wait_job(submit([{"custom_id": "a", "prompt": "Cache me: what is 6*7?"}], "cached"))
 
-    (paid,), (hit,) = item_calls(db, first.id), item_calls(db, second.id)
+    (paid,), (hit,) = job_calls(db, first.id), job_calls(db, second.id)
     assert (paid.cached, hit.cached) == (False, True)
     assert hit.output == paid.output and hit.cost == 0 < paid.cost
     assert [a["outcome"] for a in hit.attempts] == ["cached"]
     assert second.cost == 0
-    assert sim_stats(sim)["by_model"]["sim-cache"] == before + 1
+    assert sim.stats()["by_model"]["sim-cache"] == before + 1
 
 
 def test_a_prompt_that_cannot_fit_fails_before_it_is_sent(submit, wait_job, db, sim):
-    sent_before = sim_stats(sim)["by_model"].get("sim-tiny", 0)
+    sent_before = sim.stats()["by_model"].get("sim-tiny", 0)
     job = wait_job(submit([{"custom_id": "long", "prompt": "word " * 200}], "tiny"))
 
-    (call,) = item_calls(db, job.id)
+    (call,) = job_calls(db, job.id)
     item = db.get(Item, call.item_id)
     assert (item.status, item.error_code) == ("failed", "context_too_long")
     assert call.status == "failed" and "exceeds the context window of 50" in call.error
-    assert sim_stats(sim)["by_model"].get("sim-tiny", 0) == sent_before  # nothing was sent
+    assert sim.stats()["by_model"].get("sim-tiny", 0) == sent_before  # nothing was sent
 
 
 @pytest.fixture
@@ -82,11 +70,16 @@ def test_a_models_concurrency_limit_holds_across_worker_processes(
     # Two more proposer processes of 16 threads each: 40 threads could call at once.
     workers.start("proposers", name="proposers-a", concurrency=16)
     workers.start("proposers", name="proposers-b", concurrency=16)
-    workers.wait_ready()
-    job_id = start_job(engine, limited_config(tmp_path, slow_sim), "limited", questions(15, "c"))
-
-    assert wait_job(job_id, timeout_s=120).completed == 15
-    peak = sim_stats(slow_sim)["peak_in_flight"]["sim-limited"]
+    try:
+        workers.wait_ready()
+        job_id = start_job(
+            engine, limited_config(tmp_path, slow_sim), "limited", questions(15, "c")
+        )
+        assert wait_job(job_id, timeout_s=120).completed == 15
+    finally:  # later tests count on the session's own pools only
+        workers.kill("proposers-a")
+        workers.kill("proposers-b")
+    peak = slow_sim.stats()["peak_in_flight"]["sim-limited"]
     assert peak <= 5
     assert peak >= 3  # the limit was actually pressed, so the check above means something
 

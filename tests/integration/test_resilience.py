@@ -9,23 +9,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from db.models import Call, Item
 from moa.simulator import SimConfig, SimServer
 from pipeline.cost import call_cost
 from pipeline.specs import load_config
-from tests.conftest import FAKE_KEY, FAKE_KEY_ENV, start_job
-
-MIXED = {"429": 1, "500": 1, "503": 1, "malformed": 1, "disconnect": 1, "slow": 1, "hang": 1}
-
-
-def job_calls(db: Session, job_id: int) -> list[Call]:
-    query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
-    return list(db.scalars(query))
+from tests.conftest import FAKE_KEY, FAKE_KEY_ENV, MIXED, job_calls, start_job
 
 
 def write_config(tmp_path: Path, text: str) -> Any:
@@ -85,7 +74,7 @@ agents = [{{ model = "p", samples = 3 }}]
         prices = (Decimal(1), Decimal(2)) if call.role == "proposer" else (Decimal(3), Decimal(4))
         assert call.cost == call_cost(call.prompt_tokens, call.completion_tokens, *prices)
     assert job.cost == sum(c.cost for c in calls)
-    stats = httpx.get(f"http://127.0.0.1:{storm.port}/_sim/stats").json()
+    stats = storm.stats()
     assert stats["requests"] - stats["failures_injected"] == 700  # answers the provider gave
     # Every attempt is on record: the failed ones with their error, the last one ok.
     assert sum(len(c.attempts) for c in calls) == sum(c.attempt for c in calls)
@@ -109,7 +98,7 @@ aggregator = "r"
 agents = ["r"]
 """)  # fmt: skip
     script = {"model": "sim-retry-after", "faults": ["429:2"]}
-    httpx.post(f"http://127.0.0.1:{sim.port}/_sim/script", json=script).raise_for_status()
+    sim.script(script["model"], script["faults"])
     rows = [{"custom_id": f"r{i}", "prompt": f"retry question {i}"} for i in range(12)]
 
     job = wait_job(start_job(engine, config, "retry", rows))

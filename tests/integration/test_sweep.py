@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import httpx
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from db import repo
 from db.models import Call, Item, Job
 from moa.jobs import JobOptions, create_job
-from tests.conftest import start_job, wait_for
+from tests.conftest import job_calls, start_job, wait_for
 
 
 def test_items_whose_messages_were_lost_are_restarted_once_and_answered(
@@ -43,8 +42,7 @@ def test_items_whose_messages_were_lost_are_restarted_once_and_answered(
     job = wait_job(job_id)
     assert (job.status, job.completed) == ("completed", 6)
     with Session(engine) as session:
-        query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
-        calls = list(session.scalars(query))
+        calls = job_calls(session, job_id)
         assert not [r for r in repo.stalled_items(session, 0, 10_000) if r.job_id == job_id]
     keys = Counter((c.item_id, c.layer, c.slot) for c in calls)
     assert len(keys) == 6 * 7 and set(keys.values()) == {1}
@@ -126,16 +124,14 @@ model = "sim-waits"
 [presets.one-wait]
 aggregator = "w"
 """, encoding="utf-8")  # fmt: skip
-    httpx.post(f"http://127.0.0.1:{sim.port}/_sim/script",
-               json={"model": "sim-waits", "faults": ["429:30"]}).raise_for_status()  # fmt: skip
+    sim.script("sim-waits", ["429:30"])
     job_id = start_job(
         engine, load_config(path), "one-wait", [{"custom_id": "w", "prompt": "wait"}]
     )
 
     def waiting() -> Call | None:
         with Session(engine) as session:
-            query = select(Call).join(Item, Item.id == Call.item_id).where(Item.job_id == job_id)
-            call = session.scalars(query).first()
+            call = next(iter(job_calls(session, job_id)), None)
             return call if call is not None and call.status == "retrying" else None
 
     wait_for(waiting, 30, "the call to wait for its retry (Retry-After: 30)")

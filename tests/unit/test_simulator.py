@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from moa.simulator import SimConfig, SimServer
+from tests.conftest import wait_for
 
 
 def _root(server: SimServer) -> str:
@@ -378,16 +378,11 @@ def test_stream_is_in_flight_until_it_ends(read_all: bool) -> None:
             assert http.get("/_sim/stats").json()["in_flight"] == {"m": 1}
             if read_all:
                 assert "data: [DONE]" in list(lines)
-        assert _eventually(lambda: http.get("/_sim/stats").json()["in_flight"] == {"m": 0})
-
-
-def _eventually(check: Callable[[], bool], within_s: float = 5.0) -> bool:
-    """Polls over HTTP: the server may finish its bookkeeping just after the client is done."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-    return False
+        wait_for(
+            lambda: http.get("/_sim/stats").json()["in_flight"] == {"m": 0},
+            5,
+            "the server to finish its bookkeeping",
+        )
 
 
 # --- Anthropic Messages -----------------------------------------------------------------------
